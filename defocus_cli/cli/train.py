@@ -1,0 +1,196 @@
+"""`defocus train`: train network B (DMENet) on a synth dataset; `defocus train export`.
+
+`defocus train --data DATASET [...] -o RUN_DIR` trains (the group's default action);
+`defocus train export RUN_DIR -o weights/NAME.pt` writes the shipped fp16 weights.
+torch and the pipeline are imported inside the command bodies so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+HELP = """Train network B of DMENet (+ D, C, S of the paper) on a synthetic dataset.
+
+Runs with no sub-command:  defocus train --data DATASET -o RUN_DIR [options]
+
+Continue a run:            defocus train --resume RUN_DIR [--steps N]
+
+Ship its weights:          defocus train export RUN_DIR -o weights/NAME.pt
+
+Data: --data is a `defocus synth` folder (image/, sigma/, manifest.jsonl with train/val splits);
+--real a folder of real defocused photos (unlabeled, the paper's D_R); --real-masks a dataset
+folder with image/ + mask/ (255 = blurred) or a folder of masks named like the --real photos
+(D_B). Without them D / S are off and the run says so. Without --vgg-weights (torchvision's
+vgg19 state dict) the encoder starts random and L_C is dropped; the exported metadata records it.
+
+Processes: --gpus N runs N DDP processes (NCCL), one per GPU; --gpus 0 trains on CPU, with
+--cpu-procs N gloo DDP processes. Inside torchrun, this process joins the job from its environment.
+"""
+
+app = typer.Typer(help=HELP, add_completion=False, rich_markup_mode=None)
+console = Console(stderr=True)
+
+
+def _git_revision() -> str:
+    """The checkout's commit (with -dirty), or "" outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root,
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return rev.stdout.strip() if rev.returncode == 0 else ""
+
+
+class ProgressReporter:
+    """Rich progress for rank 0 (picklable: the console is made in the training process)."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._task = None
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def __call__(self, event) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        out = Console(stderr=True)
+        if event.kind == "start":
+            for note in event.notes:
+                out.print(f"[yellow]note:[/] {note}")
+            m = event.metrics
+            out.print(f"training {m['nets']} on {m['world']} process(es), {m['steps_per_epoch']} steps/epoch")
+            self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                      console=out)
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=event.total, completed=event.step, info="")
+        elif self._progress is None:
+            return
+        elif event.kind == "step":
+            m = event.metrics
+            losses = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("L_"))
+            info = f"{losses} lr={m['lr']:.2e} {m['steps_per_s']:.2f} it/s {m['samples_per_s']:.1f} img/s"
+            self._progress.update(self._task, completed=event.step, info=info)
+        elif event.kind == "val":
+            m = event.metrics
+            self._progress.console.print(
+                f"step {event.step}: val MSE {m['val_mse']:.5f}  MAE {m['val_mae']:.4f} "
+                f"(sigma/sigma_max)  MAE {m['val_mae_px']:.3f} px  on {m['val_images']} images")
+        elif event.kind == "end":
+            self._progress.update(self._task, completed=event.step)
+            self._progress.stop()
+
+
+def _fail(exc) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(exc.exit_code)
+
+
+@app.callback(invoke_without_command=True)
+def train(
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Option(None, "--data", help="synth dataset folder (D_S)"),
+    real: Optional[Path] = typer.Option(None, "--real", help="folder of real defocused photos (D_R)"),
+    real_masks: Optional[Path] = typer.Option(None, "--real-masks", help="dataset folder (image/ + mask/) or masks named like the --real photos (D_B)"),
+    real_exclude: Optional[Path] = typer.Option(None, "--real-exclude", help="names to hold out of D_R/D_B: a text list, or a manifest.jsonl (non-train entries held out)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run folder (checkpoints, metrics.jsonl)"),
+    nets: str = typer.Option("BDCS", "--nets", help="sub-networks: B, BD, BDC, BDCS (the paper's ablations)"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="CUDA processes (DDP); 0 = CPU [default: 1 if CUDA else 0]"),
+    cpu_procs: int = typer.Option(1, "--cpu-procs", help="with --gpus 0: gloo DDP processes"),
+    epochs: int = typer.Option(60, "--epochs", help="passes over the synthetic train split"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="total optimiser steps (overrides --epochs)"),
+    batch: int = typer.Option(4, "--batch", help="images per process and step"),
+    crop: int = typer.Option(240, "--crop", help="training crop side, multiple of 16"),
+    width: float = typer.Option(1.0, "--width", help="B's channel multiplier (lighter: 0.5, 0.25)"),
+    precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16"),
+    channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format"),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (x0.8 every 20 epochs)"),
+    pretrain_steps: int = typer.Option(0, "--pretrain-steps", help="first steps train B alone (B-only pre-training stage)"),
+    ckpt_every: int = typer.Option(500, "--ckpt-every", help="steps between checkpoints"),
+    log_every: int = typer.Option(10, "--log-every", help="steps between metrics.jsonl records"),
+    val_max: int = typer.Option(16, "--val-max", help="validation images per epoch"),
+    workers: int = typer.Option(0, "--workers", help="data-loading processes per training process"),
+    seed: int = typer.Option(0, "--seed"),
+    vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="torchvision vgg19 state dict (encoder init + network C)"),
+    init: Optional[Path] = typer.Option(None, "--init", help="start B from these weights (fresh optimiser)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from defocus_cli.errors import DefocusError, InputError
+
+    try:
+        from dataclasses import replace
+
+        import torch
+
+        from defocus_cli.pipelines.train import TrainConfig, launch, load_run_config
+
+        if resume is not None:
+            if output is not None and output.resolve() != resume.resolve():
+                raise InputError(f"--resume {resume} continues that folder; drop -o {output}")
+            config = load_run_config(resume)
+            if steps is not None:
+                config = replace(config, steps=steps)
+            run_dir = resume
+        else:
+            if data is None or output is None:
+                raise InputError("defocus train needs --data DATASET and -o RUN_DIR (or --resume RUN_DIR)")
+            config = TrainConfig(
+                data=str(data), real=str(real) if real else None,
+                real_masks=str(real_masks) if real_masks else None,
+                real_exclude=str(real_exclude) if real_exclude else None,
+                nets=nets, width=width, crop=crop, batch=batch, epochs=epochs, steps=steps,
+                pretrain_steps=pretrain_steps, lr=lr, precision=precision, channels_last=channels_last,
+                seed=seed, ckpt_every=ckpt_every, log_every=log_every, val_max=val_max, workers=workers,
+                vgg_weights=str(vgg_weights) if vgg_weights else None,
+                init_weights=str(init) if init else None)
+            run_dir = output
+        n_gpus = gpus if gpus is not None else (1 if torch.cuda.is_available() else 0)
+        provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}
+        result = launch(config, run_dir, gpus=n_gpus, cpu_procs=cpu_procs, resume=resume is not None,
+                        provenance=provenance, on_event=ProgressReporter())
+    except DefocusError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]done:[/] {result.step} steps, last checkpoint in {Path(result.run_dir) / 'checkpoint.pt'}")
+    if result.val:
+        console.print(f"val MAE {result.val['val_mae_px']:.3f} px, MSE {result.val['val_mse']:.5f}")
+    console.print(f"export with: defocus train export {result.run_dir} -o weights/NAME.pt")
+
+
+@app.command("export")
+def export(
+    run_dir: Path = typer.Argument(..., help="a training run folder"),
+    output: Path = typer.Option(..., "-o", "--output", help="weights file to write, e.g. weights/NAME.pt"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing weights file"),
+) -> None:
+    """Write the run's network B as fp16 weights + JSON metadata (for --weights / the registry)."""
+    from defocus_cli.errors import DefocusError, InputError
+
+    try:
+        from defocus_cli.pipelines.train import export_run
+
+        if output.exists() and not overwrite:
+            raise InputError(f"{output}: exists; pass --overwrite to replace it")
+        meta = export_run(run_dir, output, command=shlex.join(["defocus", *sys.argv[1:]]),
+                          git_revision=_git_revision())
+    except DefocusError as exc:
+        _fail(exc)
+        return
+    val = meta["val_metrics"]
+    summary = f"val MAE {val['val_mae_px']:.3f} px" if val else "no validation metrics"
+    console.print(f"[green]wrote[/] {output} ({meta['architecture']} width {meta['width']}, "
+                  f"{meta['steps']} steps, {summary})")

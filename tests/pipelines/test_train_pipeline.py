@@ -1,0 +1,64 @@
+"""Training pipeline: B-only runs, checkpoints, resume (tiny synthetic dataset, width 0.25)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from defocus_cli.errors import InputError
+from defocus_cli.pipelines.train import CHECKPOINT, METRICS, TrainConfig, load_checkpoint, train
+from defocus_cli.pipelines.train_data import write_toy_dataset
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n_train=8, n_val=2, size=64, seed=1)
+
+
+def tiny(toy, **kw) -> TrainConfig:
+    base = dict(data=str(toy), nets="B", width=0.25, crop=32, batch=2, steps=4, log_every=1,
+                ckpt_every=2, val_max=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_b_only_run_writes_checkpoint_metrics_and_config(toy, tmp_path):
+    result = train(tiny(toy), tmp_path / "run", device=CPU)
+    assert result.step == 4
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 4 and ckpt["D"] is None and ckpt["S"] is None
+    records = [json.loads(l) for l in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    steps = [r["step"] for r in records if "kind" not in r]
+    assert steps == [1, 2, 3, 4]
+    assert all(r["L_B"] > 0 for r in records if "L_B" in r)
+    assert {"val_mse", "val_mae", "val_mae_px"} <= set(result.val)
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["provenance"]["nets_trained"] == "B"
+    assert any("randomly" in n for n in result.notes)
+
+
+def test_refuses_to_overwrite_a_run(toy, tmp_path):
+    train(tiny(toy, steps=1), tmp_path / "run", device=CPU)
+    with pytest.raises(InputError, match="--resume"):
+        train(tiny(toy, steps=1), tmp_path / "run", device=CPU)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path):
+    cfg = tiny(toy, steps=4, ckpt_every=2)
+    train(cfg, tmp_path / "full", device=CPU)
+    # interrupted after 3 steps: the last checkpoint is step 2, step 3 is redone on resume
+    train(cfg, tmp_path / "cut", device=CPU, stop_after=3)
+    assert load_checkpoint(tmp_path / "cut")["step"] == 2
+    result = train(cfg, tmp_path / "cut", device=CPU, resume=True)
+    assert result.step == 4
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert a["config"] == b["config"]
+    for k in a["B"]:
+        torch.testing.assert_close(a["B"][k], b["B"][k], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / METRICS).read_text().splitlines()
+             if "kind" not in json.loads(l)]
+    assert steps == [1, 2, 3, 4]
