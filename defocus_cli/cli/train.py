@@ -109,6 +109,7 @@ def train(
     nets: str = typer.Option("BDCS", "--nets", help="sub-networks: B, BD, BDC, BDCS (the paper's ablations)"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="CUDA processes (DDP); 0 = CPU [default: 1 if CUDA else 0]"),
     cpu_procs: int = typer.Option(1, "--cpu-procs", help="with --gpus 0: gloo DDP processes"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process [default: cores / processes]; 1 is far steadier on a busy machine"),
     epochs: int = typer.Option(60, "--epochs", help="passes over the synthetic train split"),
     steps: Optional[int] = typer.Option(None, "--steps", help="total optimiser steps (overrides --epochs)"),
     batch: int = typer.Option(4, "--batch", help="images per process and step"),
@@ -160,7 +161,7 @@ def train(
             run_dir = output
         n_gpus = gpus if gpus is not None else (1 if torch.cuda.is_available() else 0)
         provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}
-        result = launch(config, run_dir, gpus=n_gpus, cpu_procs=cpu_procs, resume=resume is not None,
+        result = launch(config, run_dir, gpus=n_gpus, cpu_procs=cpu_procs, threads=threads, resume=resume is not None,
                         provenance=provenance, on_event=ProgressReporter())
     except DefocusError as exc:
         _fail(exc)

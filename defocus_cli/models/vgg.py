@@ -15,6 +15,7 @@ pipeline drops L_C when no weights are given and records that.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ def load_vgg19_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: VGG19 weights file not found (pass torchvision's vgg19 .pth)")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as exc:  # torch raises several kinds
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise WeightsError(f"{path}: cannot read VGG19 weights ({exc}); expected torchvision's vgg19 state dict") from exc
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]

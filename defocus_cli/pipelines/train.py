@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import socket
 import time
 from collections.abc import Callable
@@ -279,14 +280,22 @@ class _DiscriminatorLoss(nn.Module):
 
 @contextlib.contextmanager
 def _frozen_buffers(module: nn.Module):
-    """Run ``module`` in training mode (batch statistics) without changing its BN running stats."""
-    saved = [(buf, buf.detach().clone()) for buf in module.buffers()]
+    """Run ``module`` in training mode (batch statistics) without changing its BN running stats.
+
+    Each buffer is swapped for a throw-away copy for the duration and the original object put
+    back afterwards; restoring values in place would bump the version of tensors autograd saved.
+    """
+    swapped = []
+    for m in module.modules():
+        for name, buf in list(m._buffers.items()):
+            if buf is not None:
+                swapped.append((m, name, buf))
+                m._buffers[name] = buf.clone()
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
+        for m, name, buf in swapped:
+            m._buffers[name] = buf
 
 
 class Trainer:
@@ -472,7 +481,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise InputError(f"{path}: no checkpoint in this run folder (was it started with -o {run_dir}?)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise WeightsError(f"{path}: unreadable checkpoint ({exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path}: not a defocus training checkpoint (format {CHECKPOINT_FORMAT})")
@@ -675,8 +684,28 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: torch.device, dis
             break
     if step == start and rank0 and not (run_dir / CHECKPOINT).exists():
         save(step)
+    if dist_ctx.active:
+        _check_replicas(trainer, dist_ctx, run_dir)
     emit(TrainEvent("end", step, total, val_metrics))
     return TrainResult(str(run_dir), step, val_metrics, tuple(info["notes"]))
+
+
+def _check_replicas(trainer: Trainer, dist_ctx: Dist, run_dir: Path) -> None:
+    """DDP keeps every rank's parameters identical; verify it (a mismatch means the checkpoint,
+    written by rank 0 only, does not stand for the job) and record the checksums."""
+    params = [p for m in (trainer.b, trainer.s, trainer.d) if m is not None for p in m.parameters()]
+    local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
+                         for p in params]).flatten().to(trainer.device)
+    gathered = [torch.empty_like(local) for _ in range(dist_ctx.world)]
+    dist.all_gather(gathered, local)
+    if dist_ctx.rank == 0:
+        same = all(torch.equal(g, gathered[0]) for g in gathered)
+        _atomic_write_text(run_dir / "replicas.json", json.dumps(
+            {"world": dist_ctx.world, "identical": same,
+             "checksums": [float(g.sum()) for g in gathered]}))
+        if not same:
+            raise ProcessingError("DDP replicas hold different weights at the end of training; "
+                                  "the checkpoint holds rank 0's")
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,16 +752,18 @@ def _run_rank(local_rank: int, world: int, config: TrainConfig, run_dir: str, re
 
 
 def launch(config: TrainConfig, run_dir: str | Path, *, gpus: int = 0, cpu_procs: int = 1,
-           resume: bool = False, provenance: dict | None = None,
+           threads: int | None = None, resume: bool = False, provenance: dict | None = None,
            on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Run training with ``gpus`` CUDA processes (DDP, NCCL) or ``cpu_procs`` CPU processes
     (DDP, gloo; 1 = plain single process). Inside a torchrun job (RANK/WORLD_SIZE/LOCAL_RANK set)
     this process is one rank and nothing is spawned. ``on_event`` must be picklable when
-    processes are spawned."""
+    processes are spawned. ``threads``: CPU threads per process (default: cores / processes)."""
     run_dir = Path(run_dir)
     if gpus < 0 or cpu_procs < 1:
         raise InputError(f"--gpus must be >= 0 and --cpu-procs >= 1 (got {gpus}, {cpu_procs})")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if threads is not None and gpus == 0:
+            torch.set_num_threads(threads)
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         device = _device_for(gpus, local_rank)
@@ -745,9 +776,12 @@ def launch(config: TrainConfig, run_dir: str | Path, *, gpus: int = 0, cpu_procs
             if world > 1:
                 dist.destroy_process_group()
     nprocs = gpus if gpus > 0 else cpu_procs
-    threads = max(1, (os.cpu_count() or 1) // nprocs)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // nprocs)
+    elif threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
     if nprocs == 1:
-        return _run_rank(0, 1, config, str(run_dir), resume, gpus, provenance, on_event, torch.get_num_threads())
+        return _run_rank(0, 1, config, str(run_dir), resume, gpus, provenance, on_event, threads)
     import torch.multiprocessing as mp
 
     run_dir.mkdir(parents=True, exist_ok=True)

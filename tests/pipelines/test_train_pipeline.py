@@ -14,6 +14,15 @@ from defocus_cli.pipelines.train_data import write_toy_dataset
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # other engineers share these 2 cores: 2 OpenMP threads stall for seconds under contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), n_train=8, n_val=2, size=64, seed=1)

@@ -1,0 +1,149 @@
+"""The full DMENet objective (B + D + C + S): losses, alternating updates, data fallbacks, DDP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from defocus_cli.pipelines.train import (
+    Dist,
+    TrainConfig,
+    Trainer,
+    launch,
+    load_checkpoint,
+    prepare,
+)
+from defocus_cli.pipelines.train_data import BatchPlan, StepBatches, write_toy_dataset
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # other engineers share these 2 cores: 2 OpenMP threads stall for seconds under contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M")
+
+
+def fake_vgg19_file(path):
+    """torchvision-vgg19-shaped random weights (no ImageNet weights exist on this machine)."""
+    g = torch.Generator().manual_seed(0)
+    sd, idx, cin = {}, 0, 3
+    for item in VGG19:
+        if item == "M":
+            idx += 1
+            continue
+        sd[f"features.{idx}.weight"] = torch.randn(item, cin, 3, 3, generator=g) * (2 / (9 * cin)) ** 0.5
+        sd[f"features.{idx}.bias"] = torch.zeros(item)
+        idx += 2
+        cin = item
+    torch.save(sd, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    ds = write_toy_dataset(root / "toy", n_train=6, n_val=1, size=64, seed=2)
+    vgg = fake_vgg19_file(root / "vgg19.pth")
+    return ds, vgg
+
+
+def config(toy, **kw) -> TrainConfig:
+    ds, vgg = toy
+    # the toy set doubles as D_R (its photos) and D_B (a dataset folder with image/ + mask/)
+    base = dict(data=str(ds), real=str(ds / "image"), real_masks=str(ds), vgg_weights=str(vgg),
+                nets="BDCS", width=0.25, crop=32, batch=2, steps=2, log_every=1, ckpt_every=2, val_max=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def make_trainer(cfg):
+    prep = prepare(cfg)
+    trainer = Trainer(cfg, prep.active, 10, CPU, Dist(), c=prep.content)
+    plan = BatchPlan(cfg.batch, cfg.crop, cfg.seed, 0, 1, cfg.sigma_max)
+    batches = StepBatches(prep.train, prep.real, prep.masked, plan)
+    return prep, trainer, batches
+
+
+def test_every_loss_is_finite_with_the_right_sign(toy):
+    prep, trainer, batches = make_trainer(config(toy))
+    assert prep.active == "BDCS" and not any("off" in n for n in prep.notes)
+    batch = batches[0]
+    assert batch["synth"].shape == (2, 3, 32, 32) and batch["mask"].shape == (2, 1, 32, 32)
+    terms = trainer.step(batch, 0)
+    for key in ("L_B", "L_C", "L_S", "L_adv_R", "L_adv_B", "L_g", "L_D_synth", "L_D_real", "L_D_masked", "L_d"):
+        assert key in terms, key
+        assert terms[key] == pytest.approx(terms[key]) and terms[key] >= 0, (key, terms[key])
+    assert terms["L_B"] > 0 and terms["L_adv_R"] > 0 and terms["L_d"] > 0
+    assert 0 <= terms["L_S"] <= 1
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_d_and_g_change_only_in_their_own_steps(toy):
+    _, trainer, batches = make_trainer(config(toy))
+    batch = trainer._to_device(batches[0])
+    b0, s0, d0 = snapshot(trainer.b), snapshot(trainer.s), snapshot(trainer.d)
+    _, feats = trainer.g_step(batch, 0)
+    assert changed(b0, trainer.b) and changed(s0, trainer.s)
+    assert not changed(d0, trainer.d)  # not even D's BN running statistics
+    assert all(p.grad is None for p in trainer.d.parameters())
+    b1, s1, d1 = snapshot(trainer.b), snapshot(trainer.s), snapshot(trainer.d)
+    trainer.d_step(feats, 0)
+    assert changed(d1, trainer.d)
+    assert not changed(b1, trainer.b) and not changed(s1, trainer.s)
+
+
+def test_a_few_steps_lower_l_b(toy):
+    _, trainer, batches = make_trainer(config(toy, nets="B", lr=1e-3))
+    batch = trainer._to_device(batches[0])
+    losses = [trainer.g_step(batch, i)[0]["L_B"] for i in range(12)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_missing_data_and_weights_turn_networks_off_and_say_so(toy):
+    ds, _ = toy
+    prep = prepare(TrainConfig(data=str(ds), nets="BDCS"))
+    assert prep.active == "B"
+    text = " ".join(prep.notes)
+    assert "network D" in text and "network C" in text and "network S" in text
+    assert "Kaiming" in text
+    assert prep.provenance["content_network"].startswith("none")
+    # real photos without masks: D trains, S cannot
+    prep = prepare(TrainConfig(data=str(ds), real=str(ds / "image"), nets="BDS"))
+    assert prep.active == "BD"
+
+
+def test_exclusion_list_holds_scenes_out_of_the_real_sets(toy, tmp_path):
+    ds, _ = toy
+    excl = tmp_path / "eval_scenes.txt"
+    excl.write_text("toy_0000\ntoy_0001  # used by eval\n")
+    prep = prepare(TrainConfig(data=str(ds), real=str(ds / "image"), real_masks=str(ds),
+                               real_exclude=str(excl), nets="BDS"))
+    names = {p.stem for p in prep.real} | {p.stem for p, _ in prep.masked}
+    assert "toy_0000" not in names and "toy_0001" not in names and "toy_0002" in names
+    assert "toy_0006" not in {p.stem for p, _ in prep.masked}  # D_B keeps the train split only
+
+
+def test_two_process_gloo_ddp_run_keeps_replicas_identical(toy, tmp_path):
+    result = launch(config(toy, steps=2), tmp_path / "ddp", cpu_procs=2)
+    assert result.step == 2
+    replicas = json.loads((tmp_path / "ddp" / "replicas.json").read_text())
+    assert replicas["world"] == 2 and replicas["identical"]
+    ckpt = load_checkpoint(tmp_path / "ddp")
+    assert ckpt["D"] is not None and ckpt["S"] is not None
+    assert json.loads(ckpt["info"])["provenance"]["nets_trained"] == "BDCS"
