@@ -1,0 +1,1 @@
+"""Image, map and depth file I/O."""

@@ -1,0 +1,153 @@
+"""Named weights and their metadata; saving and safe loading.
+
+A weights file is an fp16 state dict ``NAME.pt`` beside a JSON sidecar ``NAME.json`` that carries
+what must travel with the weights: the architecture and its config (width, sigma_max), the input
+convention, the sha256 of the ``.pt`` file, and how the weights were made (data, command, metrics).
+
+Shipped weights live in the repository's ``weights/`` folder, installed as the package
+``defocus_cli.weights``; the environment variable ``DEFOCUS_WEIGHTS_DIR`` points elsewhere.
+Loading checks the sha256, uses ``torch.load(weights_only=True)`` and ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from defocus_cli import __version__
+from defocus_cli.errors import WeightsError
+from defocus_cli.io.images import atomic_write, save_json
+from defocus_cli.models.b import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE, BlurNet, BlurNetConfig
+
+ARCHITECTURE = "dmenet-b"
+#: registry name -> file name in the weights folder. The JSON beside each file is its metadata.
+REGISTRY = {
+    "dmenet-lite": "dmenet-lite.pt",
+    "dmenet": "dmenet.pt",
+}
+DEFAULT_MODEL = "dmenet-lite"
+
+
+def weights_dir() -> Path:
+    """Where named weights are looked up: $DEFOCUS_WEIGHTS_DIR, else the shipped folder."""
+    env = os.environ.get("DEFOCUS_WEIGHTS_DIR")
+    if env:
+        return Path(env)
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("defocus_cli.weights")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "weights"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(name_or_path: str | Path) -> Path:
+    """A registry name or a path to a ``.pt`` file -> the ``.pt`` path (which must exist)."""
+    p = Path(name_or_path)
+    if p.suffix == ".pt" or p.exists() or os.sep in str(name_or_path):
+        if not p.is_file():
+            raise WeightsError(f"{p}: weights file not found")
+        return p
+    if str(name_or_path) not in REGISTRY:
+        raise WeightsError(f"unknown model {name_or_path!r}: known names are "
+                           f"{', '.join(REGISTRY)}, or pass --weights FILE.pt")
+    path = weights_dir() / REGISTRY[str(name_or_path)]
+    if not path.is_file():
+        raise WeightsError(f"model {name_or_path!r}: {path} is missing (set DEFOCUS_WEIGHTS_DIR "
+                           f"or pass --weights FILE.pt)")
+    return path
+
+
+def read_metadata(pt_path: Path) -> dict[str, Any]:
+    meta_path = pt_path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{pt_path}: its metadata file {meta_path.name} is missing") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{meta_path}: unreadable metadata ({e})") from None
+    for key in ("architecture", "config", "sha256"):
+        if key not in meta:
+            raise WeightsError(f"{meta_path}: metadata lacks {key!r}")
+    if meta["architecture"] != ARCHITECTURE:
+        raise WeightsError(f"{meta_path}: architecture {meta['architecture']!r} is not {ARCHITECTURE!r}")
+    return meta
+
+
+def save_weights(model: BlurNet, path: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``model`` as an fp16 state dict to ``path`` (.pt) and its metadata to ``path``.json.
+
+    ``meta`` adds to (and may override nothing of) the architecture fields written here: pass
+    training data, command, metrics. Returns the full metadata written. Both writes are atomic.
+    """
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise ValueError(f"weights path must end in .pt, got {path}")
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+    full = dict(meta or {})
+    full.update({
+        "architecture": ARCHITECTURE,
+        "config": model.config.to_dict(),
+        "sigma_max": model.config.sigma_max,
+        "input": {"range": "RGB in [0, 1]", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                  "size_multiple": SIZE_MULTIPLE, "note": "normalisation is applied inside the network"},
+        "output": "sigma / sigma_max (sigmoid); sigma = Gaussian blur std in px of the network's input",
+        "format": "fp16 state dict, torch.save",
+        "sha256": sha256_file(path),
+        "defocus_version": full.get("defocus_version", __version__),
+    })
+    save_json(path.with_suffix(".json"), full)
+    return full
+
+
+def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[BlurNet, dict[str, Any]]:
+    """Load named or file weights -> (BlurNet in eval mode on ``device``, fp32; metadata).
+
+    Raises WeightsError for a missing, corrupt (sha256 mismatch, unreadable) or incompatible file.
+    """
+    path = resolve_weights(name_or_path)
+    meta = read_metadata(path)
+    digest = sha256_file(path)
+    if digest != meta["sha256"]:
+        raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match its metadata "
+                           f"({meta['sha256'][:12]}...): the file is corrupt or was replaced")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged pickle/zip; report them all alike
+        raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model = BlurNet(BlurNetConfig(**meta["config"]))
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: metadata config {meta['config']} is invalid ({e})") from None
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: weights do not fit architecture {meta['config']} "
+                           f"({str(e).splitlines()[0]})") from None
+    model.eval().to(device)
+    meta = dict(meta, name=str(name_or_path) if str(name_or_path) in REGISTRY else path.stem,
+                path=str(path))
+    return model, meta
