@@ -1,0 +1,461 @@
+"""Layered defocus rendering (DMENet paper, Sec. 3.3 "SYNDOF"; reused by `magnify`).
+
+The scene is cut into at most 350 layers of (nearly) equal blur. Each layer's premultiplied
+colour and its coverage mask are blurred with that layer's Gaussian sigma, and the blurred layers
+are alpha-blended **back to front** with the blurred masks as alpha (the "over" operator on
+premultiplied colour). The result is divided by the accumulated alpha, which renormalises the
+pixels where blurred near layers only partly cover what lies behind them.
+
+Layers are numbered in compositing order: label 0 is the farthest layer (drawn first), label
+L-1 the nearest (drawn last).
+
+Two renderers share one decomposition:
+
+* :func:`render_layers_reference` is the definition: one full-resolution ``cv2.GaussianBlur`` of
+  the whole image per layer (cost O(L * H * W * sigma)). Tests and benchmarks compare against it.
+* :func:`render_layers` is what the product uses. It gives the same result within a stated error
+  at a cost that does not grow with sigma:
+
+  - a layer with sigma < ``SHARP_SIGMA`` is copied (its kernel's off-centre weights are < 4e-6);
+  - a layer with a small sigma is blurred at full resolution, exactly like the reference, but only
+    on its bounding box plus a 4-sigma margin;
+  - a layer with a larger sigma is reduced k times with ``cv2.pyrDown`` (each step is a 5-tap
+    binomial filter of variance 1 px^2 at its level), blurred at that level with the residual
+    sigma so that the total variance matches (down + residual + the ``cv2.pyrUp`` interpolation
+    on the way back up, each pyramid step adding 4^j px^2), again only on its bounding box plus
+    margin. k is the deepest level at which the residual sigma stays >= ``beta`` pixels of that
+    level, so the signal is smooth enough for the 5-tap interpolation to be accurate;
+  - consecutive layers (in depth order) that use the same pyramid level are composited with each
+    other at that level and brought back to full resolution once per group. "Over" is
+    associative, so this only changes the result by the interpolation error of the group.
+    Layers of equal sigma therefore share the up-sampling and the full-resolution compositing,
+    and adjacent depths whose sigma rounds to the same value share one layer.
+
+  Accuracy (``beta = 0.7``; checked by ``tests/ops/test_layered.py``, measured on real RGB-D
+  scenes by ``benchmarks/bench_synth.py``): a plain Gaussian blur of a natural image through the
+  pyramid is within 1/255 of ``cv2.GaussianBlur`` at every pixel; a full layered render is within
+  ``REFERENCE_MAX_ERROR`` (max) and ``REFERENCE_MEAN_ERROR`` (mean) absolute error of the
+  reference. Level-0 layers are bit-for-bit the reference's; the error comes from the pyramid
+  interpolation and from compositing a group at its reduced level.
+
+Image borders follow ``cv2.GaussianBlur``'s default (BORDER_REFLECT_101): the image is padded by
+reflection wide enough for the largest blur (at most ``MAX_MARGIN`` px), so the reduced levels'
+own border effects stay outside the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+#: the paper's limit on the number of depth layers (Sec. 3.3)
+MAX_LAYERS = 350
+#: layers blurred less than this (px) are copied unblurred: the 3x3 neighbour weight of a
+#: Gaussian with sigma 0.2 is exp(-12.5) ~ 4e-6 of the centre weight
+SHARP_SIGMA = 0.2
+#: the smallest blur step (px) between neighbouring layers of a signed-sigma decomposition:
+#: with 350 layers over the paper's largest range (-7 .. 7 px) the step is 0.04 px; finer steps
+#: only add layers without a visible difference
+MIN_LAYER_STEP = 0.02
+#: default residual sigma (in pixels of the pyramid level) below which a deeper level is not used
+DEFAULT_BETA = 0.7
+#: error bounds of render_layers vs render_layers_reference on [0, 1] images, checked by tests
+REFERENCE_MEAN_ERROR = 0.25 / 255
+REFERENCE_MAX_ERROR = 6.0 / 255
+#: deepest pyramid level; 2^10 px covers any blur a photo can have
+MAX_LEVEL = 10
+
+#: widest reflected border added around the image; blurs reaching farther see zeros there
+MAX_MARGIN = 256
+
+_ZERO4 = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """A decomposition of an image into blur layers.
+
+    labels: (H, W) int32, the layer of each pixel; 0 = farthest (composited first).
+    sigmas: (L,) float32 >= 0, the Gaussian sigma of each layer in pixels (0 = left sharp).
+    """
+
+    labels: np.ndarray
+    sigmas: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.sigmas.shape[0])
+
+    def sigma_map(self) -> np.ndarray:
+        """(H, W) float32: the sigma each pixel is rendered with."""
+        return self.sigmas[self.labels]
+
+
+# --------------------------------------------------------------------------------------------
+# decomposition
+
+
+def signed_sigma_from_depth(
+    depth: np.ndarray, focus_distance: float, alpha: float
+) -> np.ndarray:
+    """Signed blur coordinate alpha * (x - S1) / (4 x) of Eq. 1, per pixel.
+
+    Its absolute value is the Gaussian sigma c(x)/4 (in alpha's unit, normally pixels); its sign
+    says on which side of the focus plane the pixel is (negative = nearer than S1), and it grows
+    monotonically with depth, so it orders the layers as well as depth does and spaces them
+    evenly in blur. depth: (H, W) > 0 in the unit of focus_distance (NaN passes through).
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"signed_sigma_from_depth: depth must be (H, W), got shape {depth.shape}")
+    if not focus_distance > 0:
+        raise ValueError(f"signed_sigma_from_depth: focus distance must be > 0, got {focus_distance}")
+    if not alpha >= 0:
+        raise ValueError(f"signed_sigma_from_depth: alpha must be >= 0, got {alpha}")
+    x = depth.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        if np.any(x <= 0):
+            raise ValueError("signed_sigma_from_depth: depth must be > 0 where it is not NaN")
+        s = alpha * (x - focus_distance) / (4.0 * x)
+    return s.astype(np.float32)
+
+
+def layers_from_key(
+    sigma: np.ndarray, key: np.ndarray, max_layers: int = MAX_LAYERS, n_bins: int | None = None
+) -> Layers:
+    """Decompose by an ordering key: larger key = farther (composited earlier).
+
+    sigma: (H, W) float >= 0, the blur (px) each pixel should get. key: (H, W) float, e.g. depth
+    or any "far-ness". The key's range is cut into ``n_bins`` (default ``max_layers``) equal
+    bins; every non-empty bin is one layer, blurred with the mean sigma of its pixels, so sigma
+    should vary little within a bin (true when it is a smooth function of the key on each side of
+    the focus plane). Consecutive layers that are all sharp (sigma < SHARP_SIGMA) are merged:
+    copying binary layers over each other is the same as copying their union.
+    """
+    sigma = np.asarray(sigma, dtype=np.float32)
+    key = np.asarray(key, dtype=np.float32)
+    if sigma.ndim != 2 or key.shape != sigma.shape:
+        raise ValueError(
+            f"layers_from_key: sigma and key must be (H, W) of one shape, got {sigma.shape} "
+            f"and {key.shape}"
+        )
+    if sigma.size == 0:
+        raise ValueError("layers_from_key: empty image")
+    if not (np.isfinite(sigma).all() and np.isfinite(key).all()):
+        raise ValueError("layers_from_key: sigma and key must be finite (fill invalid pixels first)")
+    if sigma.min() < 0:
+        raise ValueError(f"layers_from_key: sigma must be >= 0, got min {sigma.min()}")
+    if not 1 <= max_layers:
+        raise ValueError(f"layers_from_key: max_layers must be >= 1, got {max_layers}")
+    n = max_layers if n_bins is None else max(1, min(n_bins, max_layers))
+    lo, hi = float(key.min()), float(key.max())
+    if hi > lo:
+        bins = np.floor((key.astype(np.float64) - lo) * (n / (hi - lo))).astype(np.int64)
+        np.clip(bins, 0, n - 1, out=bins)
+    else:
+        bins = np.zeros(key.shape, np.int64)
+    # bin n-1 is the farthest: compositing order is reversed bin order
+    order = (n - 1) - bins
+    counts = np.bincount(order.ravel(), minlength=n)
+    sums = np.bincount(order.ravel(), weights=sigma.ravel().astype(np.float64), minlength=n)
+    present = np.flatnonzero(counts)
+    layer_sigma = sums[present] / counts[present]
+    layer_sigma[layer_sigma < SHARP_SIGMA] = 0.0
+    # merge runs of consecutive sharp layers into one
+    keep = np.ones(present.size, bool)
+    keep[1:] = ~((layer_sigma[1:] == 0) & (layer_sigma[:-1] == 0))
+    new_index = np.cumsum(keep) - 1
+    lut = np.full(n, -1, np.int64)
+    lut[present] = new_index
+    labels = lut[order].astype(np.int32)
+    return Layers(labels=labels, sigmas=layer_sigma[keep].astype(np.float32))
+
+
+def layers_from_signed_sigma(
+    signed_sigma: np.ndarray, max_layers: int = MAX_LAYERS, min_step: float = MIN_LAYER_STEP
+) -> Layers:
+    """Decompose by a signed blur coordinate (see :func:`signed_sigma_from_depth`).
+
+    signed_sigma: (H, W) float, finite; |value| is the blur sigma in px, larger = farther.
+    Bins are equal steps of blur (at least ``min_step`` px wide), at most ``max_layers``.
+    """
+    s = np.asarray(signed_sigma, dtype=np.float32)
+    if s.ndim != 2:
+        raise ValueError(f"layers_from_signed_sigma: expected (H, W), got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("layers_from_signed_sigma: values must be finite (fill invalid pixels first)")
+    span = float(s.max() - s.min()) if s.size else 0.0
+    n_bins = max(1, min(max_layers, math.ceil(span / min_step)))
+    return layers_from_key(np.abs(s), s, max_layers=max_layers, n_bins=n_bins)
+
+
+def layers_from_depth(
+    depth: np.ndarray, focus_distance: float, alpha: float, max_layers: int = MAX_LAYERS
+) -> Layers:
+    """Thin-lens decomposition (Eq. 1): depth (H, W) > 0, finite, in focus_distance's unit;
+    alpha in pixels of the image (CoC diameter = alpha |x - S1| / x, sigma = CoC / 4)."""
+    return layers_from_signed_sigma(
+        signed_sigma_from_depth(depth, focus_distance, alpha), max_layers=max_layers
+    )
+
+
+def layers_from_sigma(
+    sigma: np.ndarray, focus: Literal["near", "far"], max_layers: int = MAX_LAYERS
+) -> Layers:
+    """Decompose a defocus map alone, assuming all of the scene lies on one side of the focus.
+
+    focus="near": the focus is at the near end, so larger sigma is farther.
+    focus="far": the focus is at the far end, so larger sigma is nearer.
+    """
+    sigma = np.asarray(sigma, dtype=np.float32)
+    if focus == "near":
+        key = sigma
+    elif focus == "far":
+        key = -sigma
+    else:
+        raise ValueError(f"layers_from_sigma: focus must be 'near' or 'far', got {focus!r}")
+    span = float(sigma.max() - sigma.min()) if sigma.size else 0.0
+    n_bins = max(1, min(max_layers, math.ceil(span / MIN_LAYER_STEP)))
+    return layers_from_key(sigma, key, max_layers=max_layers, n_bins=n_bins)
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+
+
+def _check_inputs(rgb: np.ndarray, layers: Layers) -> tuple[int, int]:
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(
+            f"layered render: rgb must be (H, W, 3), got {getattr(rgb, 'shape', type(rgb))}"
+        )
+    if rgb.dtype != np.float32:
+        raise ValueError(f"layered render: rgb must be float32 in [0, 1], got {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    if layers.labels.shape != (h, w):
+        raise ValueError(
+            f"layered render: labels shape {layers.labels.shape} does not match image {(h, w)}"
+        )
+    if layers.count < 1 or layers.sigmas.ndim != 1:
+        raise ValueError("layered render: need at least one layer")
+    return h, w
+
+
+def _rgba(rgb: np.ndarray) -> np.ndarray:
+    rgba = np.empty(rgb.shape[:2] + (4,), np.float32)
+    rgba[..., :3] = rgb
+    rgba[..., 3] = 1.0
+    return rgba
+
+
+def _over(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst = src over dst, premultiplied RGBA, in place (dst may be a view)."""
+    dst *= (1.0 - src[..., 3])[..., None]
+    dst += src
+
+
+def _normalise(acc: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    alpha = acc[..., 3]
+    # alpha > 0 wherever some layer covers the pixel, i.e. everywhere; the guard only protects
+    # against float underflow and keeps the input there
+    ok = alpha > 1e-6
+    out = rgb.copy()
+    out[ok] = acc[ok, :3] / alpha[ok, None]
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def render_layers_reference(rgb: np.ndarray, layers: Layers) -> np.ndarray:
+    """The straightforward layered render: per layer, a full-resolution cv2.GaussianBlur of its
+    premultiplied colour and mask, composited back to front. rgb: (H, W, 3) float32 in [0, 1].
+    Returns (H, W, 3) float32 in [0, 1]. Slow (O(L H W sigma)); for tests and benchmarks."""
+    _check_inputs(rgb, layers)
+    rgba = _rgba(rgb)
+    acc = np.zeros_like(rgba)
+    for index, sigma in enumerate(layers.sigmas):
+        mask = (layers.labels == index).astype(np.float32)
+        if not mask.any():
+            continue
+        pre = rgba * mask[..., None]
+        if sigma > 0:
+            pre = cv2.GaussianBlur(pre, (0, 0), float(sigma))
+        _over(acc, pre)
+    return _normalise(acc, rgb)
+
+
+def _pyramid_level(sigma: float, beta: float, max_level: int) -> tuple[int, float]:
+    """Deepest level k whose residual sigma (px of level k) is >= beta, and that residual.
+
+    Variance budget in full-resolution px^2: k pyrDown steps add (4^k - 1)/3, k pyrUp steps the
+    same again, and a residual blur r at level k adds r^2 4^k.
+    """
+    k = 0
+    while k < max_level:
+        nxt = k + 1
+        if sigma * sigma - 2.0 * (4.0**nxt - 1.0) / 3.0 < (beta * 2.0**nxt) ** 2:
+            break
+        k = nxt
+    residual = math.sqrt(max(sigma * sigma - 2.0 * (4.0**k - 1.0) / 3.0, 0.0)) / 2.0**k
+    return k, residual
+
+
+def _bounding_boxes(labels: np.ndarray, count: int) -> np.ndarray:
+    """(L, 4) int64 boxes [y0, y1, x0, x1) of each layer; empty layers get y0 = y1 = 0."""
+    h, w = labels.shape
+    lab = labels.astype(np.int64)
+    rows = np.bincount((lab * h + np.arange(h)[:, None]).ravel(), minlength=count * h)
+    cols = np.bincount((lab * w + np.arange(w)[None, :]).ravel(), minlength=count * w)
+    rows = rows.reshape(count, h) > 0
+    cols = cols.reshape(count, w) > 0
+    boxes = np.zeros((count, 4), np.int64)
+    has = rows.any(axis=1)
+    boxes[has, 0] = rows[has].argmax(axis=1)
+    boxes[has, 1] = h - rows[has, ::-1].argmax(axis=1)
+    boxes[has, 2] = cols[has].argmax(axis=1)
+    boxes[has, 3] = w - cols[has, ::-1].argmax(axis=1)
+    return boxes
+
+
+def _premultiplied(rgba: np.ndarray, labels: np.ndarray, index: int, box) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    mask = cv2.compare(labels[y0:y1, x0:x1], index, cv2.CMP_EQ)
+    pre = np.zeros((y1 - y0, x1 - x0, 4), np.float32)
+    return cv2.copyTo(rgba[y0:y1, x0:x1], mask, pre)
+
+
+def _render_full_res_layer(acc, rgba, labels, index, sigma, box) -> None:
+    """Level 0: blur the layer's box plus a margin wider than cv2's kernel (radius <= 4 sigma + 1)."""
+    h, w = labels.shape
+    y0, y1, x0, x1 = box
+    if sigma == 0:
+        sub = labels[y0:y1, x0:x1] == index
+        acc[y0:y1, x0:x1][sub] = rgba[y0:y1, x0:x1][sub]
+        return
+    m = int(math.ceil(4.0 * sigma)) + 2
+    win = (max(y0 - m, 0), min(y1 + m, h), max(x0 - m, 0), min(x1 + m, w))
+    pre = _premultiplied(rgba, labels, index, win)
+    # the margin holds zeros, so cv2's border rule changes nothing inside the padded frame
+    blurred = cv2.GaussianBlur(pre, (0, 0), float(sigma))
+    _over(acc[win[0] : win[1], win[2] : win[3]], blurred)
+
+
+def _level_sizes(height: int, width: int, k: int) -> list[tuple[int, int]]:
+    sizes = [(height, width)]
+    for _ in range(k):
+        height, width = (height + 1) // 2, (width + 1) // 2
+        sizes.append((height, width))
+    return sizes
+
+
+def _render_group(acc, rgba, labels, members, boxes, k, residuals) -> None:
+    """Layers sharing pyramid level k >= 1: blur and composite each at level k, up-sample once."""
+    h, w = labels.shape
+    f = 1 << k
+    hk, wk = (h + f - 1) // f, (w + f - 1) // f
+    plans = []
+    for index in members:
+        y0, y1, x0, x1 = boxes[index]
+        md = 2 * f  # zeros around the box cover pyrDown's support (2 (2^k - 1) full-res px)
+        core = (
+            max((y0 - md) // f, 0),
+            min(-(-(y1 + md) // f), hk),
+            max((x0 - md) // f, 0),
+            min(-(-(x1 + md) // f), wk),
+        )
+        r = int(math.ceil(4.0 * residuals[index])) + 3  # cv2's kernel radius plus pyrUp support
+        region = (
+            max(core[0] - r, 0),
+            min(core[1] + r, hk),
+            max(core[2] - r, 0),
+            min(core[3] + r, wk),
+        )
+        plans.append((index, core, region))
+    gy0 = min(p[2][0] for p in plans)
+    gy1 = max(p[2][1] for p in plans)
+    gx0 = min(p[2][2] for p in plans)
+    gx1 = max(p[2][3] for p in plans)
+    group = np.zeros((gy1 - gy0, gx1 - gx0, 4), np.float32)
+
+    for index, core, region in plans:
+        full = (core[0] * f, min(core[1] * f, h), core[2] * f, min(core[3] * f, w))
+        small = _premultiplied(rgba, labels, index, full)
+        for _ in range(k):
+            small = cv2.pyrDown(small)
+        # the layer has no content around its box: zeros out to the blur's reach
+        small = cv2.copyMakeBorder(
+            small,
+            core[0] - region[0],
+            region[1] - core[1],
+            core[2] - region[2],
+            region[3] - core[3],
+            cv2.BORDER_CONSTANT,
+            value=_ZERO4,
+        )
+        if residuals[index] > 0:
+            small = cv2.GaussianBlur(small, (0, 0), float(residuals[index]))
+        _over(
+            group[region[0] - gy0 : region[1] - gy0, region[2] - gx0 : region[3] - gx0], small
+        )
+
+    fy0, fy1, fx0, fx1 = gy0 * f, min(gy1 * f, h), gx0 * f, min(gx1 * f, w)
+    sizes = _level_sizes(fy1 - fy0, fx1 - fx0, k)
+    up = group
+    for j in range(k - 1, -1, -1):
+        up = cv2.pyrUp(up, dstsize=(sizes[j][1], sizes[j][0]))
+    _over(acc[fy0:fy1, fx0:fx1], up)
+
+
+def render_layers(
+    rgb: np.ndarray,
+    layers: Layers,
+    *,
+    beta: float = DEFAULT_BETA,
+    max_level: int = MAX_LEVEL,
+    max_margin: int = MAX_MARGIN,
+) -> np.ndarray:
+    """Layered defocus render, cost independent of sigma (see the module docstring).
+
+    rgb: (H, W, 3) float32 in [0, 1]; layers: from one of the ``layers_from_*`` functions.
+    beta: the smallest residual sigma (px of a pyramid level) for using that level; larger is
+    more accurate and slower. max_margin: the widest reflected border (px) added around the image.
+    Returns (H, W, 3) float32 in [0, 1].
+    """
+    h, w = _check_inputs(rgb, layers)
+    if not beta > 0:
+        raise ValueError(f"render_layers: beta must be > 0, got {beta}")
+    sigmas = [float(s) for s in layers.sigmas]
+    plan = [_pyramid_level(s, beta, max_level) if s > 0 else (0, 0.0) for s in sigmas]
+    residuals = [p[1] for p in plan]
+    # Work in a frame padded by reflection (the reference's border rule) wide enough for the
+    # largest blur and pyramid support; edge effects of the reduced levels then stay outside
+    # the image. Beyond max_margin a huge blur sees zeros instead, which the final division by
+    # alpha turns into a renormalised kernel.
+    reach = max(
+        (4.0 * s + 4.0 * (1 << k) + 2.0 for s, (k, _) in zip(sigmas, plan) if s > 0), default=0.0
+    )
+    pad = min(int(math.ceil(reach)), max_margin)
+    rgba = cv2.copyMakeBorder(_rgba(np.ascontiguousarray(rgb)), pad, pad, pad, pad,
+                              cv2.BORDER_REFLECT_101)
+    labels = cv2.copyMakeBorder(np.ascontiguousarray(layers.labels, dtype=np.int32),
+                                pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    acc = np.zeros_like(rgba)
+    boxes = _bounding_boxes(labels, len(sigmas))
+
+    index = 0
+    while index < len(sigmas):
+        k = plan[index][0]
+        end = index
+        while end < len(sigmas) and plan[end][0] == k:
+            end += 1
+        members = [i for i in range(index, end) if boxes[i, 1] > boxes[i, 0]]
+        if members:
+            if k == 0:
+                for i in members:
+                    _render_full_res_layer(acc, rgba, labels, i, sigmas[i], boxes[i])
+            else:
+                _render_group(acc, rgba, labels, members, boxes, k, residuals)
+        index = end
+    return _normalise(acc[pad : pad + h, pad : pad + w], rgb)
