@@ -1,0 +1,552 @@
+"""Non-blind deconvolution with a hyper-Laplacian gradient prior (Krishnan & Fergus, NIPS 2009).
+
+Problem: given a blurred image y and its blur kernel k, find the sharp image x minimising
+
+    lambda/2 * ||k * x - y||^2 + sum_i |(d_x x)_i|^alpha + |(d_y x)_i|^alpha
+
+with first-order differences d_x, d_y and 0 < alpha <= 1 (natural images have heavy-tailed
+gradients; alpha ~ 0.5-0.8 fits them). Half-quadratic splitting introduces auxiliary gradients
+w and a weight beta:
+
+    lambda/2 ||k*x - y||^2 + beta/2 ||d x - w||^2 + sum |w|^alpha
+
+and alternates two easy sub-problems while beta grows geometrically (continuation) from
+beta_start to beta_max:
+
+* w-step: per pixel, argmin_w |w|^alpha + beta/2 (w - v)^2 with v = d x. For alpha = 1/2 the
+  stationary condition becomes a depressed cubic in t = sqrt|w|, for alpha = 2/3 a depressed
+  quartic in t = |w|^(1/3) (solved by Ferrari's method through its resolvent cubic); both are
+  solved in closed form. alpha = 1 is soft thresholding. Any other alpha uses a lookup table of
+  the beta = 1 solution (the problem is scale-covariant, so one table serves every beta) refined
+  by Newton steps.
+* x-step: a quadratic problem that is diagonal in the Fourier domain, so one FFT pair per step.
+
+Boundaries. The Fourier x-step assumes a periodic image; a real image's opposite borders do not
+match, and the mismatch rings through the whole result. The image is therefore reflected
+outwards by a margin, and that margin is cross-faded (raised cosine) into a strongly low-passed
+periodic copy of itself, so the frame is smooth across the periodic wrap and the border region
+stays consistent with the blur model. The margin is cut off afterwards.
+
+Backends: numpy arrays are processed with numpy.fft on the CPU; pass ``device`` (a
+``torch.device``) to run the same algorithm with torch.fft on that device (CUDA included).
+Computation is float32 either way.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: alpha values with a closed-form w-step
+ANALYTIC_ALPHAS = (0.5, 2.0 / 3.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DeconvConfig:
+    """Parameters of the hyper-Laplacian deconvolution.
+
+    Defaults were chosen by measurement (benchmarks/README.md, "deblur" section): a grid over
+    alpha in {0.5, 2/3, 0.8, 1} and lam in {100 ... 10000} on real f/2.8 photos of dfd-indoor
+    restored with their ground-truth defocus maps.
+    """
+
+    #: weight of the data term; larger trusts the blurred image more (less noise suppression)
+    lam: float = 2000.0
+    #: exponent of the gradient prior, 0 < alpha <= 1 (2/3 has a closed-form w-step)
+    alpha: float = 2.0 / 3.0
+    #: first half-quadratic weight; Krishnan & Fergus start at 1
+    beta_start: float = 1.0
+    #: continuation stops before beta reaches this (Krishnan & Fergus: 256)
+    beta_max: float = 256.0
+    #: geometric growth of beta per outer iteration (Krishnan & Fergus: 2*sqrt(2))
+    beta_rate: float = 2.0 * math.sqrt(2.0)
+    #: alternations of w- and x-step per beta value
+    inner_iterations: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.lam > 0:
+            raise ValueError(f"DeconvConfig: lam must be > 0, got {self.lam}")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"DeconvConfig: alpha must be in (0, 1], got {self.alpha}")
+        if not self.beta_start > 0 or not self.beta_max > 0:
+            raise ValueError("DeconvConfig: beta_start and beta_max must be > 0")
+        if not self.beta_rate > 1:
+            raise ValueError(f"DeconvConfig: beta_rate must be > 1, got {self.beta_rate}")
+        if self.inner_iterations < 1:
+            raise ValueError("DeconvConfig: inner_iterations must be >= 1")
+
+    def betas(self) -> list[float]:
+        """The continuation schedule: beta_start * rate^i while below beta_max."""
+        out, beta = [], self.beta_start
+        while beta < self.beta_max:
+            out.append(beta)
+            beta *= self.beta_rate
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# array backends: the algorithm is written once against this small interface
+
+
+class _NumpyBackend:
+    name = "numpy"
+
+    def asarray(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def to_numpy(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def rfft2(self, a):
+        return np.fft.rfft2(a, axes=(-2, -1))
+
+    def irfft2(self, a, shape):
+        return np.fft.irfft2(a, s=shape, axes=(-2, -1)).astype(np.float32, copy=False)
+
+    def roll(self, a, shift: int, axis: int):
+        return np.roll(a, shift, axis=axis)
+
+    def constant(self, a: np.ndarray):
+        return a
+
+    where = staticmethod(np.where)
+    sqrt = staticmethod(np.sqrt)
+    abs = staticmethod(np.abs)
+    sign = staticmethod(np.sign)
+    cos = staticmethod(np.cos)
+    arccos = staticmethod(np.arccos)
+    conj = staticmethod(np.conj)
+
+    @staticmethod
+    def clip(a, lo, hi):
+        return np.clip(a, lo, hi)
+
+    zeros_like = staticmethod(np.zeros_like)
+
+    @staticmethod
+    def cbrt(a):
+        return np.cbrt(a)
+
+    @staticmethod
+    def interp_table(z, z0: float, dz: float, table: np.ndarray):
+        idx = np.clip((z - z0) / dz, 0.0, len(table) - 1)
+        i = np.minimum(idx.astype(np.int64), len(table) - 2)
+        f = (idx - i).astype(z.dtype)
+        t = table.astype(z.dtype)
+        return t[i] * (1 - f) + t[i + 1] * f
+
+
+class _TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+
+    def asarray(self, a: np.ndarray):
+        return self.torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=self.device)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return a.detach().cpu().numpy()
+
+    def rfft2(self, a):
+        return self.torch.fft.rfft2(a, dim=(-2, -1))
+
+    def irfft2(self, a, shape):
+        return self.torch.fft.irfft2(a, s=shape, dim=(-2, -1))
+
+    def roll(self, a, shift: int, axis: int):
+        return self.torch.roll(a, shifts=shift, dims=axis)
+
+    def constant(self, a: np.ndarray):
+        return self.torch.as_tensor(a, device=self.device)
+
+    def where(self, c, a, b):
+        return self.torch.where(c, a, b)
+
+    def sqrt(self, a):
+        return self.torch.sqrt(a)
+
+    def abs(self, a):
+        return self.torch.abs(a)
+
+    def sign(self, a):
+        return self.torch.sign(a)
+
+    def cos(self, a):
+        return self.torch.cos(a)
+
+    def arccos(self, a):
+        return self.torch.arccos(a)
+
+    def conj(self, a):
+        return self.torch.conj(a)
+
+    def clip(self, a, lo, hi):
+        return self.torch.clamp(a, lo, hi)
+
+    def zeros_like(self, a):
+        return self.torch.zeros_like(a)
+
+    def cbrt(self, a):
+        return self.torch.sign(a) * self.torch.abs(a).pow(1.0 / 3.0)
+
+    def interp_table(self, z, z0: float, dz: float, table: np.ndarray):
+        t = self.torch.as_tensor(table, dtype=z.dtype, device=z.device)
+        idx = self.torch.clamp((z - z0) / dz, 0.0, len(table) - 1)
+        i = self.torch.clamp(idx.to(self.torch.int64), max=len(table) - 2)
+        f = idx - i.to(z.dtype)
+        return t[i] * (1 - f) + t[i + 1] * f
+
+
+def _backend_for(device: Any) -> _NumpyBackend | _TorchBackend:
+    return _NumpyBackend() if device is None else _TorchBackend(device)
+
+
+# --------------------------------------------------------------------------------------------
+# w-step
+
+
+def w_threshold(alpha: float, beta: float) -> float:
+    """|v| at and below which argmin_w |w|^alpha + beta/2 (w-v)^2 is w = 0.
+
+    At beta = 1 the non-zero stationary point u satisfies alpha*u^(alpha-1) = z - u; it beats
+    w = 0 once u^alpha + (u - z)^2/2 < z^2/2, and both equalities together give
+    u* = (2(1-alpha))^(1/(2-alpha)), z* = u* + alpha*u*^(alpha-1). Scaling w = s*u, v = s*z with
+    s = beta^(-1/(2-alpha)) maps any beta onto beta = 1.
+    """
+    if alpha >= 1.0:
+        return 1.0 / beta  # soft threshold (alpha = 1): u* -> 0, z* -> 1
+    u = (2.0 * (1.0 - alpha)) ** (1.0 / (2.0 - alpha))
+    z = u + alpha * u ** (alpha - 1.0)
+    return z * beta ** (-1.0 / (2.0 - alpha))
+
+
+def _w_half(av, beta: float, xp):
+    """alpha = 1/2 on |v| = av above the threshold.
+
+    Stationary point of t = sqrt(w): t^3 - av*t + 1/(2 beta) = 0, a depressed cubic. Above the
+    threshold (1.5 beta^(-2/3)) it has three real roots (its discriminant changes sign at
+    (27/16)^(1/3) beta^(-2/3) < 1.5 beta^(-2/3)), and the largest one, the trigonometric
+    k = 0 root, is the local minimum nearest v.
+    """
+    arg = xp.clip((-0.75 * math.sqrt(3.0) / beta) / (av * xp.sqrt(av)), -1.0, 1.0)
+    t = 2.0 * xp.sqrt(av / 3.0) * xp.cos(xp.arccos(arg) / 3.0)
+    return t * t
+
+
+def _w_two_thirds(av, beta: float, xp):
+    """alpha = 2/3 on |v| = av above the threshold.
+
+    Stationary point of t = w^(1/3): t^4 - av*t + r = 0 with r = 2/(3 beta), a depressed
+    quartic. Ferrari: (t^2 + m)^2 = 2m (t + av/(4m))^2 holds for m a root of the resolvent
+    cubic m^3 - r m - av^2/8 = 0. Above the threshold (1.4756 beta^(-3/4)) the resolvent's
+    discriminant av^4/256 - r^3/27 is positive (0.0185 vs 0.0110 beta^-3 at the threshold), so
+    it has one real root, given by Cardano as A + r/(3A), A = cbrt(av^2/16 + sqrt(disc)). With
+    s = sqrt(2m), the larger root of t^2 - s t + m - av/(2s) = 0 is the local minimum.
+    """
+    r = 2.0 / (3.0 * beta)
+    av2 = av * av
+    disc = xp.clip(av2 * av2 / 256.0 - r**3 / 27.0, 0.0, None)
+    big_a = xp.cbrt(av2 / 16.0 + xp.sqrt(disc))
+    m = big_a + r / (3.0 * big_a)
+    s = xp.sqrt(2.0 * m)
+    t = 0.5 * (s + xp.sqrt(xp.clip(2.0 * av / s - s * s, 0.0, None)))
+    return t * t * t
+
+
+@functools.lru_cache(maxsize=16)
+def _w_table(alpha: float, size: int = 4096) -> tuple[float, float, np.ndarray]:
+    """Lookup table u(z) = argmin_u |u|^alpha + (u - z)^2 / 2 on [z*, z_max] (beta = 1).
+
+    z_max = 64 z* covers gradients up to |v| ~ 1 for beta <= 256 at alpha >= 0.5; beyond it the
+    Newton refinement starting from u = z converges on its own (u -> z for large z).
+    Built in float64 by Newton from the right, which converges monotonically: g(u) = u - z +
+    alpha u^(alpha-1) is convex and increasing right of the root we want.
+    """
+    z0 = w_threshold(alpha, 1.0)
+    z = np.linspace(z0, 64.0 * z0, size)
+    u = z.copy()
+    for _ in range(200):
+        g = u - z + alpha * u ** (alpha - 1.0)
+        dg = 1.0 + alpha * (alpha - 1.0) * u ** (alpha - 2.0)
+        step = g / dg
+        u = u - step
+        if np.max(np.abs(step)) < 1e-14:
+            break
+    return z0, float(z[1] - z[0]), u
+
+
+def _w_table_lookup(av, beta: float, alpha: float, xp, newton_steps: int = 2):
+    z0, dz, table = _w_table(float(alpha))
+    scale = beta ** (-1.0 / (2.0 - alpha))
+    z = av / scale
+    u = xp.where(z > z0 + dz * (len(table) - 1), z, xp.interp_table(z, z0, dz, table))
+    for _ in range(newton_steps):
+        u = xp.clip(u, 1e-12, None)
+        g = u - z + alpha * u ** (alpha - 1.0)
+        dg = 1.0 + alpha * (alpha - 1.0) * u ** (alpha - 2.0)
+        u = u - g / xp.clip(dg, 1e-6, None)
+    return u * scale
+
+
+def _solve_w(v, beta: float, alpha: float, xp):
+    thr = w_threshold(alpha, beta)
+    # Only gradients above the threshold get a non-zero w; they are a minority for most betas,
+    # so the (costly) closed forms run on that subset alone.
+    above = xp.abs(v) > thr
+    sel = v[above]
+    av = xp.abs(sel)
+    if alpha == 1.0:
+        mag = av - thr
+    elif abs(alpha - 0.5) < 1e-12:
+        mag = _w_half(av, beta, xp)
+    elif abs(alpha - 2.0 / 3.0) < 1e-12:
+        mag = _w_two_thirds(av, beta, xp)
+    else:
+        mag = _w_table_lookup(av, beta, alpha, xp)
+    out = xp.zeros_like(v)
+    out[above] = xp.sign(sel) * mag
+    return out
+
+
+def solve_w(v: np.ndarray, beta: float, alpha: float) -> np.ndarray:
+    """Elementwise argmin_w |w|^alpha + beta/2 (w - v)^2 (the w-step), numpy.
+
+    v: any-shape float array. Closed form for alpha in {1/2, 2/3, 1}, lookup table + Newton
+    otherwise. Returns an array of v's shape and dtype (float32 or float64).
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"solve_w: alpha must be in (0, 1], got {alpha}")
+    if not beta > 0:
+        raise ValueError(f"solve_w: beta must be > 0, got {beta}")
+    v = np.asarray(v)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        out = _solve_w(v, float(beta), float(alpha), _NumpyBackend())
+    return np.asarray(out, dtype=v.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# kernels and frames
+
+
+def gaussian_kernel(sigma: float, radius: int | None = None) -> np.ndarray:
+    """Normalised, sampled 2-D Gaussian of standard deviation sigma px.
+
+    radius defaults to ceil(3 sigma) (the kernel then holds > 99.7 % of the mass per axis).
+    Returns (2r+1, 2r+1) float64 summing to 1; sigma <= 0 gives the 1x1 identity kernel.
+    """
+    if sigma <= 0:
+        return np.ones((1, 1))
+    r = int(math.ceil(3.0 * sigma)) if radius is None else int(radius)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    k = np.outer(g, g)
+    return k / k.sum()
+
+
+def good_fft_size(n: int) -> int:
+    """Smallest m >= n whose prime factors are 2, 3 and 5 (fast for every FFT library)."""
+    m = max(int(n), 1)
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+def margin_for_kernel(kernel: np.ndarray) -> int:
+    """Margin (px) added around an image before the Fourier deconvolution.
+
+    Two kernel radii: the first is the taper band, the second keeps the band's small
+    inconsistency with the blur model away from the kept pixels (measured in
+    tests/ops/test_deconv.py: border error equals interior error).
+    """
+    r = max(kernel.shape) // 2
+    return 2 * r + 8
+
+
+def reflect_frame(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """image[y0:y1, x0:x1] where the window may extend past the image.
+
+    Outside pixels are the point reflection of the image through its border pixel,
+    2*image[edge] - image[mirror]: unlike a plain mirror it keeps the slope continuous, so the
+    border does not look like a crease that the deconvolution would sharpen. Beyond one image
+    width the mirror index is clamped. image: (H, W) or (H, W, C); returns float32.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    rows = _odd_extend(image, y0, y1, axis=0)
+    return _odd_extend(rows, x0, x1, axis=1)
+
+
+def _odd_extend(a: np.ndarray, lo: int, hi: int, axis: int) -> np.ndarray:
+    n = a.shape[axis]
+    i = np.arange(lo, hi)
+    if lo >= 0 and hi <= n:
+        return np.take(a, i, axis=axis)
+    mirror = np.where(i < 0, np.minimum(-i, n - 1), np.where(i >= n, np.maximum(2 * (n - 1) - i, 0), i))
+    out = np.take(a, mirror, axis=axis)
+    shape = [1] * a.ndim
+    shape[axis] = len(i)
+    before = (i < 0).reshape(shape)
+    after = (i >= n).reshape(shape)
+    first = np.take(a, [0], axis=axis)
+    last = np.take(a, [n - 1], axis=axis)
+    return np.where(before, 2 * first - out, np.where(after, 2 * last - out, out))
+
+
+def _taper_weights(n: int, lo: int, hi: int) -> np.ndarray:
+    """1-D weight: 1 on [lo, hi), raised-cosine down to 0 at both array ends."""
+    w = np.ones(n, dtype=np.float64)
+    if lo > 0:
+        w[:lo] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(lo) + 0.5) / lo)
+    if hi < n:
+        m = n - hi
+        w[hi:] = 0.5 + 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
+    return w
+
+
+def psf2otf(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """rfft2 of the kernel zero-padded to shape with its centre moved to (0, 0), complex128."""
+    kh, kw = kernel.shape
+    if kh > shape[0] or kw > shape[1]:
+        raise ValueError(f"psf2otf: kernel {kernel.shape} larger than frame {shape}")
+    big = np.zeros(shape, dtype=np.float64)
+    big[:kh, :kw] = kernel
+    big = np.roll(big, (-(kh // 2), -(kw // 2)), axis=(0, 1))
+    return np.fft.rfft2(big)
+
+
+# --------------------------------------------------------------------------------------------
+# the solver on one frame
+
+
+@functools.lru_cache(maxsize=8)
+def _spectral_constants(
+    kernel_bytes: bytes, kernel_shape: tuple[int, int], shape: tuple[int, int], band: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OTF, |OTF|^2, |F(d_x)|^2 + |F(d_y)|^2 and the taper's low-pass for one frame shape
+    (complex64 / float32, rfft2 layout).
+
+    Cached: a layered deblur calls this for many tiles of one shape and kernel.
+    """
+    kernel = np.frombuffer(kernel_bytes, dtype=np.float64).reshape(kernel_shape)
+    h, w = shape
+    # frequency grids (cycles/sample) of the rfft2 layout
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    otf = psf2otf(kernel, shape)
+    # forward differences [1, -1] have |F|^2 = 4 sin^2(pi f) per axis
+    grad_power = 4.0 * np.sin(np.pi * fx) ** 2 + 4.0 * np.sin(np.pi * fy) ** 2
+    # Gaussian low-pass of std = band width: smooth enough to be periodic-continuous
+    smooth_tf = np.exp(-2.0 * (np.pi * band) ** 2 * (fx**2 + fy**2))
+    return (
+        otf.astype(np.complex64),
+        (np.abs(otf) ** 2).astype(np.float32),
+        grad_power.astype(np.float32),
+        smooth_tf.astype(np.float32),
+    )
+
+
+def deconvolve_frame(
+    frame: np.ndarray,
+    kernel: np.ndarray,
+    keep: tuple[int, int, int, int],
+    config: DeconvConfig = DeconvConfig(),
+    device: Any = None,
+) -> np.ndarray:
+    """Deconvolve a frame whose outer band (outside ``keep``) is context, return the kept part.
+
+    frame: (C, H, W) float array, H and W ideally good FFT sizes (see good_fft_size); the band
+    outside keep = (y0, y1, x0, x1) holds real or reflected context and is cross-faded into a
+    smooth periodic copy before the Fourier solve. kernel: (kh, kw), sums to 1, smaller than
+    the frame. Returns (C, y1-y0, x1-x0) float32 numpy, not clipped.
+    """
+    if frame.ndim != 3:
+        raise ValueError(f"deconvolve_frame: frame must be (C, H, W), got shape {frame.shape}")
+    xp = _backend_for(device)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return _deconvolve_frame(xp, frame, kernel, keep, config)
+
+
+def _deconvolve_frame(xp, frame, kernel, keep, config) -> np.ndarray:
+    _, h, w = frame.shape
+    y0, y1, x0, x1 = keep
+    shape = (h, w)
+    band = max(min(y0, x0, h - y1, w - x1), 1)
+    kernel = np.asarray(kernel, dtype=np.float64)
+    otf, otf_power, grad_power, smooth_tf = _spectral_constants(
+        kernel.tobytes(), kernel.shape, shape, band
+    )
+
+    y = xp.asarray(frame)
+    weight = xp.constant(
+        np.outer(_taper_weights(h, y0, y1), _taper_weights(w, x0, x1)).astype(np.float32)
+    )
+    # cross-fade the context band into a periodic low-pass copy (see module docstring)
+    smooth = xp.irfft2(xp.rfft2(y) * xp.constant(smooth_tf), shape)
+    y = weight * y + (1.0 - weight) * smooth
+
+    numer_data = xp.conj(xp.constant(otf)) * xp.rfft2(y)
+    otf_power_b = xp.constant(otf_power)
+    grad_power_b = xp.constant(grad_power)
+
+    x = y
+    alpha = float(config.alpha)
+    for beta in config.betas():
+        gamma = beta / config.lam
+        denom = otf_power_b + gamma * grad_power_b
+        for _ in range(config.inner_iterations):
+            # forward differences (periodic, matching the Fourier model)
+            gx = xp.roll(x, -1, -1) - x
+            gy = xp.roll(x, -1, -2) - x
+            wx = _solve_w(gx, beta, alpha, xp)
+            wy = _solve_w(gy, beta, alpha, xp)
+            # adjoint differences d^T w, summed in space so the x-step needs a single FFT
+            div = (xp.roll(wx, 1, -1) - wx) + (xp.roll(wy, 1, -2) - wy)
+            x = xp.irfft2((numer_data + gamma * xp.rfft2(div)) / denom, shape)
+    return np.ascontiguousarray(xp.to_numpy(x[:, y0:y1, x0:x1]), dtype=np.float32)
+
+
+def deconvolve(
+    image: np.ndarray,
+    kernel: np.ndarray,
+    config: DeconvConfig = DeconvConfig(),
+    *,
+    device: Any = None,
+) -> np.ndarray:
+    """Non-blind deconvolution of a whole image by a spatially uniform kernel.
+
+    image: (H, W) or (H, W, C) float array (nominally [0, 1]); kernel: (kh, kw) non-negative,
+    normalised to sum 1 here. device: None for numpy on the CPU, or a torch.device (or string)
+    to run with torch on it. Returns float32 of the image's shape, not clipped (ringing-free
+    results stay close to the input's range; clip for display).
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"deconvolve: image must be (H, W) or (H, W, C), got shape {image.shape}")
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if kernel.ndim != 2 or kernel.size == 0 or np.any(kernel < 0) or kernel.sum() <= 0:
+        raise ValueError(
+            f"deconvolve: kernel must be a non-empty 2-D non-negative array, got shape {kernel.shape}"
+        )
+    kernel = kernel / kernel.sum()
+    h, w = image.shape[:2]
+    m = margin_for_kernel(kernel)
+    fh, fw = good_fft_size(h + 2 * m), good_fft_size(w + 2 * m)
+    top, left = (fh - h) // 2, (fw - w) // 2
+    frame = reflect_frame(image, -top, fh - top, -left, fw - left)
+    chw = frame[None] if frame.ndim == 2 else np.moveaxis(frame, -1, 0)
+    out = deconvolve_frame(chw, kernel, (top, top + h, left, left + w), config, device)
+    return out[0] if image.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, -1))
