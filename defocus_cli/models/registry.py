@@ -22,15 +22,16 @@ import torch
 from defocus_cli import __version__
 from defocus_cli.errors import WeightsError
 from defocus_cli.io.images import atomic_write, save_json
+from defocus_cli.models import DEFAULT_MODEL
 from defocus_cli.models.b import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE, BlurNet, BlurNetConfig
 
 ARCHITECTURE = "dmenet-b"
 #: registry name -> file name in the weights folder. The JSON beside each file is its metadata.
+#: DEFAULT_MODEL (defocus_cli.models) names the one used when none is asked for.
 REGISTRY = {
     "dmenet-lite": "dmenet-lite.pt",
     "dmenet": "dmenet.pt",
 }
-DEFAULT_MODEL = "dmenet-lite"
 
 
 def weights_dir() -> Path:
