@@ -17,18 +17,6 @@ from defocus_cli.io.depth import (
     read_pfm,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    # Same name and behaviour as the lead's conftest fixture (tests/conftest.py); defined here
-    # so these tests run before that file exists. A module fixture takes precedence over it.
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data not found at {SHARED}")
-    return SHARED
-
-
 def _write_pfm(path: Path, a: np.ndarray) -> None:
     h, w = a.shape
     with open(path, "wb") as f:
