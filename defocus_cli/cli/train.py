@@ -18,20 +18,16 @@ from rich.console import Console
 
 HELP = """Train network B of DMENet (+ D, C, S of the paper) on a synthetic dataset.
 
-Runs with no sub-command:  defocus train --data DATASET -o RUN_DIR [options]
+\b
+  train:     defocus train --data DATASET -o RUN_DIR OPTIONS...
+  continue:  defocus train --resume RUN_DIR [--steps N]
+  ship:      defocus train export RUN_DIR -o weights/NAME.pt
 
-Continue a run:            defocus train --resume RUN_DIR [--steps N]
+--data is a `defocus synth` folder (image/, sigma/, manifest.jsonl with train/val splits). --real is a folder of real defocused photos without labels (the paper's D_R). --real-masks is a dataset folder with image/ + mask/ (255 = blurred), or a folder of masks named like the --real photos (D_B). Without them D and S are off, and the run says so.
 
-Ship its weights:          defocus train export RUN_DIR -o weights/NAME.pt
+Without --vgg-weights (torchvision's vgg19 state dict) the encoder starts random (Kaiming) and L_C is dropped; the exported weights' metadata records it.
 
-Data: --data is a `defocus synth` folder (image/, sigma/, manifest.jsonl with train/val splits);
---real a folder of real defocused photos (unlabeled, the paper's D_R); --real-masks a dataset
-folder with image/ + mask/ (255 = blurred) or a folder of masks named like the --real photos
-(D_B). Without them D / S are off and the run says so. Without --vgg-weights (torchvision's
-vgg19 state dict) the encoder starts random and L_C is dropped; the exported metadata records it.
-
-Processes: --gpus N runs N DDP processes (NCCL), one per GPU; --gpus 0 trains on CPU, with
---cpu-procs N gloo DDP processes. Inside torchrun, this process joins the job from its environment.
+--gpus N runs N DDP processes (NCCL), one per GPU; --gpus 0 trains on the CPU, with --cpu-procs N gloo DDP processes. Inside a torchrun job each process joins from the environment.
 """
 
 app = typer.Typer(help=HELP, add_completion=False, rich_markup_mode=None)

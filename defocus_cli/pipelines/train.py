@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from defocus_cli.errors import DefocusError, DeviceError, InputError, ProcessingError, WeightsError
+from defocus_cli.io.images import atomic_write
 from defocus_cli.models.b import BlurNet, BlurNetConfig, load_vgg19_encoder
 from defocus_cli.models.d import DomainDiscriminator
 from defocus_cli.models.losses import (
@@ -460,18 +461,14 @@ def validate(b: BlurNet, val: SynthSet, config: TrainConfig, device: torch.devic
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # a SIGKILL leaves either the old or the new checkpoint, never half
+    # a SIGKILL mid-write leaves the previous checkpoint intact: the temp file is renamed at the end
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def load_checkpoint(run_dir: str | Path) -> dict:
@@ -546,11 +543,11 @@ def prepare(config: TrainConfig) -> _Prepared:
     active, net_notes = resolve_nets(config, bool(real), bool(masked), vgg_sd is not None)
     notes += net_notes
     if vgg_sd is None:
-        encoder_init = "kaiming-normal random init (no ImageNet VGG19 weights were given)"
+        encoder_init = "Kaiming-normal random init (no ImageNet VGG19 weights were given)"
         notes.append("encoder initialised randomly (Kaiming): pass --vgg-weights with torchvision's "
                      "vgg19 state dict for the paper's ImageNet initialisation")
     elif config.width != 1.0:
-        encoder_init = f"kaiming-normal random init (ImageNet VGG19 does not fit width {config.width})"
+        encoder_init = f"Kaiming-normal random init (ImageNet VGG19 does not fit width {config.width})"
         notes.append(f"VGG19 weights fit only width 1.0: the width-{config.width} encoder starts random")
     else:
         encoder_init = f"ImageNet VGG19 ({Path(config.vgg_weights).name})"
@@ -845,5 +842,4 @@ def export_run(run_dir: str | Path, out: str | Path, *, command: str = "", git_r
         "val_metrics": val,
         "notes": info["notes"],
     }
-    save_weights(b, Path(out), meta)
-    return meta
+    return save_weights(b, Path(out), meta)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from defocus_cli.errors import InputError
+from defocus_cli.io.images import read_image, load_map, save_npy, write_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 # stream ids that keep the augmentation generators of the three sets independent
@@ -38,21 +39,13 @@ _SYNTH, _REAL, _MASKED = 0, 1, 2
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1] (8- or 16-bit files)."""
-    # cv2 directly: training reads thousands of PNG crops and needs no EXIF/colour-profile handling
-    data = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    if data is None:
-        raise InputError(f"{path}: cannot read image (missing, truncated or not an image)")
-    scale = 65535.0 if data.dtype == np.uint16 else 255.0
-    return np.ascontiguousarray(data[..., ::-1], dtype=np.float32) / np.float32(scale)
+    """(H, W, 3) float32 RGB in [0, 1] through the project's one image reader (EXIF-oriented)."""
+    return read_image(path).pixels
 
 
 def _read_mask(path: Path) -> np.ndarray:
     """(H, W) float32: 1 = blurred, 0 = sharp (the mask PNG holds 255 / 0)."""
-    data = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if data is None:
-        raise InputError(f"{path}: cannot read mask (missing, truncated or not an image)")
-    return (data >= 128).astype(np.float32)
+    return (read_image(path).pixels[..., 0] >= 0.5).astype(np.float32)
 
 
 def write_toy_dataset(root: str | Path, *, n_train: int = 8, n_val: int = 2, size: int = 64,
@@ -76,28 +69,18 @@ def write_toy_dataset(root: str | Path, *, n_train: int = 8, n_val: int = 2, siz
         half = size // 2
         out = np.empty_like(tex)
         for sl, s in ((slice(0, half), s1), (slice(half, size), s2)):
-            out[:, sl] = cv2.GaussianBlur(tex, (0, 0), s) [:, sl] if s > 0.05 else tex[:, sl]
+            out[:, sl] = cv2.GaussianBlur(tex, (0, 0), s)[:, sl] if s > 0.05 else tex[:, sl]
         sigma = np.empty((size, size), np.float32)
         sigma[:, :half], sigma[:, half:] = s1, s2
         sigma[:, half - 2:half + 2] = np.nan
-        cv2.imwrite(str(root / "image" / f"{name}.png"),
-                    np.round(out[..., ::-1] * 255).clip(0, 255).astype(np.uint8))
-        np.save(root / "sigma" / f"{name}.npy", sigma)
-        cv2.imwrite(str(root / "mask" / f"{name}.png"), np.where(sigma > 1.0, 255, 0).astype(np.uint8))
+        write_image(root / "image" / f"{name}.png", out)
+        save_npy(root / "sigma" / f"{name}.npy", sigma)
+        mask = np.where(sigma > 1.0, 1.0, 0.0).astype(np.float32)
+        write_image(root / "mask" / f"{name}.png", np.repeat(mask[..., None], 3, axis=2))
         lines.append(json.dumps({"name": name, "split": "train" if i < n_train else "val"}))
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     (root / "dataset.json").write_text(json.dumps({"kind": "toy", "seed": seed, "size": size}))
     return root
-
-
-def _read_sigma(path: Path) -> np.ndarray:
-    try:
-        sigma = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read sigma map ({exc}); regenerate the dataset") from exc
-    if sigma.ndim != 2:
-        raise InputError(f"{path}: sigma map must be (H, W), got shape {sigma.shape}")
-    return sigma.astype(np.float32, copy=False)
 
 
 def read_manifest(root: Path) -> list[dict]:
@@ -151,7 +134,7 @@ class SynthSet:
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         name = self.names[i]
         rgb = _read_rgb(self.root / "image" / f"{name}.png")
-        sigma = _read_sigma(self.root / "sigma" / f"{name}.npy")
+        sigma = load_map(self.root / "sigma" / f"{name}.npy")
         if sigma.shape != rgb.shape[:2]:
             raise InputError(f"{self.root / 'sigma' / name}.npy: shape {sigma.shape} differs from "
                              f"its image's {rgb.shape[:2]}")

@@ -71,3 +71,35 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path):
     steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / METRICS).read_text().splitlines()
              if "kind" not in json.loads(l)]
     assert steps == [1, 2, 3, 4]
+
+
+def test_export_round_trips_through_the_registry(toy, tmp_path):
+    from defocus_cli.models.registry import load_model
+
+    from defocus_cli.pipelines.train import export_run
+
+    train(tiny(toy, steps=2), tmp_path / "run", device=CPU,
+          provenance={"command": "defocus train ...", "git_revision": "abc123"})
+    meta = export_run(tmp_path / "run", tmp_path / "w" / "toy.pt", command="defocus train export", git_revision="abc")
+    model, loaded = load_model(tmp_path / "w" / "toy.pt", CPU)
+    assert loaded["architecture"] == "dmenet-b" and loaded["config"]["width"] == 0.25
+    assert loaded["sha256"] == meta["sha256"]
+    assert loaded["train_command"] == "defocus train ..." and loaded["val_metrics"]["val_images"] == 1
+    assert "L_C dropped" in loaded["vgg19_replacement"] and "Kaiming" in loaded["encoder_init"]
+    ckpt = load_checkpoint(tmp_path / "run")
+    for k, v in model.state_dict().items():  # fp16 storage: equal to half precision
+        ref = ckpt["B"][k]
+        torch.testing.assert_close(v, ref.half().float() if ref.is_floating_point() else ref)
+    # --init continues from the shipped weights with a fresh optimiser
+    result = train(tiny(toy, steps=1, init_weights=str(tmp_path / "w" / "toy.pt")), tmp_path / "cont", device=CPU)
+    assert result.step == 1
+    assert "toy.pt" in json.loads((tmp_path / "cont" / "config.json").read_text())["provenance"]["encoder_init"]
+    with pytest.raises(InputError, match="--width 0.25"):
+        train(tiny(toy, steps=1, width=0.5, init_weights=str(tmp_path / "w" / "toy.pt")), tmp_path / "bad", device=CPU)
+
+
+def test_nan_loss_stops_the_run_with_a_clear_message(toy, tmp_path):
+    from defocus_cli.errors import ProcessingError
+
+    with pytest.raises(ProcessingError, match="NaN or inf"):
+        train(tiny(toy, lr=float("inf"), steps=3), tmp_path / "run", device=CPU)
