@@ -111,12 +111,12 @@ def prepare_output_dir(output: Path | None) -> None:
     """Create --output if needed; refuse an unwritable one before any work starts."""
     if output is None:
         return
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: output path exists and is not a folder")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{output}: cannot create output folder ({e.strerror})") from None
-    if not output.is_dir():
-        raise InputError(f"{output}: output path exists and is not a folder")
     if not os.access(output, os.W_OK):
         raise InputError(f"{output}: output folder is not writable")
 
@@ -183,7 +183,7 @@ def run_batch(
         _summary(outcomes, title)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
-        console.print(f"[red]error:[/red] {_message(o)}", highlight=False)
+        console.print(f"[red]error:[/red] {_message(o)}", highlight=False, soft_wrap=True)
     if failed:
         console.print(f"[red]{len(failed)} of {len(outcomes)} failed[/red]", highlight=False)
         return max(o.error.exit_code for o in failed)
@@ -235,7 +235,7 @@ def _summary(outcomes: list[Outcome], title: str) -> None:
 
 def fail(error: DefocusError) -> typer.Exit:
     """Print a one-line error and return the Exit to raise: `raise fail(e)`."""
-    console.print(f"[red]error:[/red] {error}", highlight=False)
+    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
     return typer.Exit(error.exit_code)
 
 

@@ -5,8 +5,10 @@ up-sampled), so that real defocus blur falls within the range it was trained on 
 sigma_max = 7 px there). Very large working images are processed in overlapping tiles. The map
 is then brought back to the photo's full resolution: bilinear up-sampling, sigma divided by the
 scale s (a blur of sigma_work px at scale s is sigma_work / s px at full resolution), and an
-edge-aware refinement guided by the full-resolution photo (the domain-transform filter of
-cv2.ximgproc, Gastal & Oliveira 2011) so map edges follow the photo's edges.
+edge-aware refinement guided by the full-resolution photo (a colour guided up-sampling,
+the fast guided filter of He & Sun 2015: the map is modelled as a local linear function of the
+colour at the working resolution and that model is applied to the full-resolution photo) so the
+map's edges follow the photo's edges rather than the working grid.
 """
 
 from __future__ import annotations
@@ -116,23 +118,76 @@ def run_network(rgb: np.ndarray, model: BlurNet, dtype: torch.dtype | None = Non
     return out / weight
 
 
-def refine_upsample(sigma_work: np.ndarray, guide: np.ndarray, scale: float, refine: bool = True) -> np.ndarray:
-    """Bring a working-resolution sigma map to the guide's resolution, in the guide's pixels.
+def _box(a: np.ndarray, r: int) -> np.ndarray:
+    return cv2.boxFilter(a, -1, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT)
 
-    sigma_work: (h, w) float32 sigma in px of the working image; guide: (H, W, 3) float32 RGB;
-    scale: h / H. Returns (H, W) float32 sigma / scale, edge-aware filtered when ``refine``.
+
+def guided_upsample(sigma_work: np.ndarray, work_rgb: np.ndarray, full_rgb: np.ndarray,
+                    radius: int = 4, eps: float = 1e-3) -> np.ndarray:
+    """Edge-aware up-sampling of a working-resolution map (fast colour guided filter, He & Sun 2015).
+
+    At the working resolution the map is modelled, in each (2r+1)^2 window, as a linear function
+    of the photo's colour, q = a . I + b (the colour guided filter of He et al., eps regularising
+    a). The coefficients are up-sampled bilinearly and applied to the *full-resolution* photo, so
+    the map's edges land on the photo's edges instead of the working grid's.
+
+    sigma_work: (h, w) float32; work_rgb: (h, w, 3) float32, the photo at that size;
+    full_rgb: (H, W, 3) float32. Returns (H, W) float32 in the map's units.
     """
-    H, W = guide.shape[:2]
+    p = sigma_work.astype(np.float32)
+    I = work_rgb.astype(np.float32)
+    r = int(max(1, min(radius, (min(p.shape) - 1) // 2)))
+    mean_I = _box(I, r)
+    mean_p = _box(p, r)
+    cov_Ip = _box(I * p[..., None], r) - mean_I * mean_p[..., None]
+    # var_I: the symmetric 3x3 colour covariance per pixel, plus eps on the diagonal
+    var = {}
+    for i in range(3):
+        for j in range(i, 3):
+            var[i, j] = _box(I[..., i] * I[..., j], r) - mean_I[..., i] * mean_I[..., j]
+            if i == j:
+                var[i, j] = var[i, j] + np.float32(eps)
+    a00, a01, a02, a11, a12, a22 = var[0, 0], var[0, 1], var[0, 2], var[1, 1], var[1, 2], var[2, 2]
+    # inverse by cofactors (symmetric)
+    c00 = a11 * a22 - a12 * a12
+    c01 = a02 * a12 - a01 * a22
+    c02 = a01 * a12 - a02 * a11
+    c11 = a00 * a22 - a02 * a02
+    c12 = a01 * a02 - a00 * a12
+    c22 = a00 * a11 - a01 * a01
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    x, y, z = cov_Ip[..., 0], cov_Ip[..., 1], cov_Ip[..., 2]
+    a = np.stack([(c00 * x + c01 * y + c02 * z) / det,
+                  (c01 * x + c11 * y + c12 * z) / det,
+                  (c02 * x + c12 * y + c22 * z) / det], axis=2)
+    b = mean_p - np.einsum("hwc,hwc->hw", a, mean_I)
+    coeffs = np.concatenate([_box(a, r), _box(b, r)[..., None]], axis=2)
+    H, W = full_rgb.shape[:2]
+    up = cv2.resize(coeffs, (W, H), interpolation=cv2.INTER_LINEAR)
+    q = up[..., 3]
+    for c in range(3):
+        q += up[..., c] * full_rgb[..., c]
+    return q
+
+
+def refine_upsample(sigma_work: np.ndarray, work_rgb: np.ndarray, full_rgb: np.ndarray,
+                    scale: float, refine: bool = True) -> np.ndarray:
+    """Bring a working-resolution sigma map to the photo's resolution, in the photo's pixels.
+
+    sigma_work: (h, w) float32 sigma in px of the working image work_rgb (h, w, 3);
+    full_rgb: (H, W, 3) float32 photo; scale = h / H. Returns (H, W) float32 sigma / scale,
+    >= 0: guided (edge-aware) when ``refine``, bilinear otherwise. At scale 1 the map is returned.
+    """
+    H, W = full_rgb.shape[:2]
     if sigma_work.shape == (H, W):
-        up = sigma_work.copy()
+        return np.maximum(sigma_work, 0).astype(np.float32)
+    if refine and min(sigma_work.shape) >= 3:
+        up = guided_upsample(sigma_work, work_rgb, full_rgb)
+        # a linear model can overshoot at strong colour edges: keep within the map's own range
+        up = np.clip(up, float(sigma_work.min()), float(sigma_work.max()))
     else:
-        up = cv2.resize(sigma_work, (W, H), interpolation=cv2.INTER_LINEAR) / np.float32(scale)
-    if refine and min(H, W) >= 8:
-        # Spatial extent about two working-resolution pixels: it fixes the up-sampling's
-        # staircase and blur at object edges without smoothing the map across the photo's edges.
-        sigma_spatial = max(2.0, 2.0 / scale)
-        guide8 = np.clip(guide * 255 + 0.5, 0, 255).astype(np.uint8)
-        up = cv2.ximgproc.dtFilter(guide8, up, sigma_spatial, 25.0, mode=cv2.ximgproc.DTF_RF, numIters=3)
+        up = cv2.resize(sigma_work, (W, H), interpolation=cv2.INTER_LINEAR)
+    up *= np.float32(1.0 / scale)
     return np.maximum(up, 0).astype(np.float32)
 
 
@@ -166,7 +221,7 @@ def estimate_defocus(rgb: np.ndarray, model: BlurNet, meta: dict | None = None,
     timings["network"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    sigma = refine_upsample(norm * np.float32(sigma_max), rgb, scale, config.refine)
+    sigma = refine_upsample(norm * np.float32(sigma_max), work, rgb, scale, config.refine)
     timings["upsample"] = time.perf_counter() - t0
     if not np.all(np.isfinite(sigma)):
         from defocus_cli.errors import ProcessingError

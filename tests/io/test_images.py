@@ -1,0 +1,138 @@
+"""Image and map I/O: formats, bit depths, modes, orientation, bad files, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from defocus_cli.errors import InputError
+from defocus_cli.io import images
+from defocus_cli.io.images import (atomic_write, load_map, read_image, save_json, save_npy, save_png16,
+                                   write_image)
+
+
+def _gradient(h=24, w=32) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([x / (w - 1), y / (h - 1), 1 - x / (w - 1)], axis=2)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".webp", ".bmp"])
+def test_roundtrip_8bit_formats(tmp_path, suffix):
+    rgb = _gradient()
+    path = write_image(tmp_path / f"a{suffix}", rgb)
+    im = read_image(path)
+    assert im.pixels.shape == (24, 32, 3) and im.pixels.dtype == np.float32
+    assert im.bit_depth == 8
+    tol = 0.03 if suffix in (".jpg", ".webp") else 0.5 / 255 + 1e-6
+    assert np.abs(im.pixels - rgb).mean() < tol
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_keeps_precision(tmp_path, suffix):
+    rgb = _gradient(40, 70)
+    path = write_image(tmp_path / f"a{suffix}", rgb, bit_depth=16)
+    im = read_image(path)
+    assert im.bit_depth == 16
+    assert np.abs(im.pixels - rgb).max() < 1 / 65535 + 1e-6  # far below one 8-bit step
+
+
+def test_16bit_greyscale_png(tmp_path):
+    data = (np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) * 500)
+    cv2.imwrite(str(tmp_path / "g.png"), data)
+    im = read_image(tmp_path / "g.png")
+    assert im.bit_depth == 16 and im.pixels.shape == (12, 10, 3)
+    assert np.allclose(im.pixels[..., 1], data / 65535, atol=1e-6)
+    assert any("greyscale" in n for n in im.notes)
+
+
+@pytest.mark.parametrize("mode,note", [("L", "greyscale"), ("RGBA", "alpha"), ("LA", "alpha"),
+                                       ("CMYK", "CMYK"), ("P", None)])
+def test_modes_become_rgb(tmp_path, mode, note):
+    base = PILImage.fromarray((_gradient() * 255).astype(np.uint8))
+    im = base.convert(mode)
+    path = tmp_path / ("a.jpg" if mode == "CMYK" else "a.png")
+    im.save(path)
+    out = read_image(path)
+    assert out.pixels.shape == (24, 32, 3)
+    assert 0 <= out.pixels.min() and out.pixels.max() <= 1
+    if note:
+        assert any(note in n for n in out.notes)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:5, :10] = 255  # bright block at the top-left of the stored pixels
+    im = PILImage.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "r.jpg"
+    im.save(path, exif=exif, quality=100)
+    out = read_image(path)
+    assert out.pixels.shape == (40, 20, 3)
+    # after a 90-degree clockwise rotation the block sits at the top-right
+    assert out.pixels[:10, -5:].mean() > 0.8 and out.pixels[:10, :5].mean() < 0.2
+    assert any("orientation 6" in n for n in out.notes)
+
+
+def test_one_pixel_image(tmp_path):
+    PILImage.new("RGB", (1, 1), (255, 0, 0)).save(tmp_path / "one.png")
+    im = read_image(tmp_path / "one.png")
+    assert im.pixels.shape == (1, 1, 3) and np.allclose(im.pixels[0, 0], [1, 0, 0])
+
+
+def test_bad_files_raise_input_error_naming_the_file(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("this is not an image")
+    write_image(tmp_path / "full.jpg", np.random.default_rng(0).random((300, 300, 3)).astype(np.float32))
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 3])
+    cases = {"missing.jpg": "no such file", "empty.jpg": "empty", "text.png": "not an image",
+             "trunc.jpg": "cannot decode"}
+    for name, words in cases.items():
+        with pytest.raises(InputError, match=words) as e:
+            read_image(tmp_path / name)
+        assert name in str(e.value)
+    with pytest.raises(InputError, match="not a file"):
+        read_image(tmp_path)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    write_image(tmp_path / "big.png", _gradient(100, 100))
+    monkeypatch.setattr(images, "MAX_PIXELS", 5000)
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_image(tmp_path / "big.png")
+
+
+def test_maps_roundtrip_npy_and_png16(tmp_path):
+    sigma = np.random.default_rng(1).uniform(0, 20, (17, 23)).astype(np.float32)
+    save_npy(tmp_path / "m.npy", sigma)
+    assert np.array_equal(load_map(tmp_path / "m.npy"), sigma)
+    save_png16(tmp_path / "m.png", sigma)
+    raw = cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16
+    assert np.abs(load_map(tmp_path / "m.png") - sigma).max() <= 0.5e-3 + 1e-6
+    with pytest.raises(InputError, match="16-bit"):
+        write_image(tmp_path / "rgb.png", _gradient())
+        load_map(tmp_path / "rgb.png")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    save_json(target, {"a": np.float32(1.5), "p": Path("/x")})
+    assert target.read_text().strip().startswith("{") and list(tmp_path.iterdir()) == [target]
+
+
+def test_write_refuses_bad_shapes_and_formats(tmp_path):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        write_image(tmp_path / "a.png", np.zeros((4, 4)))
+    with pytest.raises(InputError, match="unsupported output format"):
+        write_image(tmp_path / "a.gif", np.zeros((4, 4, 3)))
