@@ -252,9 +252,14 @@ def _rgba(rgb: np.ndarray) -> np.ndarray:
 
 
 def _over(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst = src over dst, premultiplied RGBA, in place (dst may be a view)."""
-    dst *= (1.0 - src[..., 3])[..., None]
-    dst += src
+    """dst = src + (1 - alpha_src) * dst for premultiplied RGBA (h, w, 4) float32, in place.
+
+    dst may be a view into a larger array (OpenCV writes through its row stride). OpenCV does
+    this about five times faster than numpy's broadcast over the 4-element channel axis.
+    """
+    inv = 1.0 - src[..., 3]
+    cv2.multiply(dst, cv2.merge((inv, inv, inv, inv)), dst=dst)
+    cv2.add(dst, src, dst=dst)
 
 
 def _normalise(acc: np.ndarray, rgb: np.ndarray) -> np.ndarray:
@@ -302,21 +307,106 @@ def _pyramid_level(sigma: float, beta: float, max_level: int) -> tuple[int, floa
     return k, residual
 
 
-def _bounding_boxes(labels: np.ndarray, count: int) -> np.ndarray:
-    """(L, 4) int64 boxes [y0, y1, x0, x1) of each layer; empty layers get y0 = y1 = 0."""
-    h, w = labels.shape
-    lab = labels.astype(np.int64)
-    rows = np.bincount((lab * h + np.arange(h)[:, None]).ravel(), minlength=count * h)
-    cols = np.bincount((lab * w + np.arange(w)[None, :]).ravel(), minlength=count * w)
-    rows = rows.reshape(count, h) > 0
-    cols = cols.reshape(count, w) > 0
-    boxes = np.zeros((count, 4), np.int64)
-    has = rows.any(axis=1)
-    boxes[has, 0] = rows[has].argmax(axis=1)
-    boxes[has, 1] = h - rows[has, ::-1].argmax(axis=1)
-    boxes[has, 2] = cols[has].argmax(axis=1)
-    boxes[has, 3] = w - cols[has, ::-1].argmax(axis=1)
+class _Presence:
+    """Which layers occur in which tile of a coarse grid, computed once per render.
+
+    Layer windows are found on this grid: a layer made of thin curves or scattered pixels (iso-
+    depth contours, sensor noise, mixed pixels at depth edges) is processed on the boxes of its
+    connected parts instead of one bounding box that may cover the whole image.
+    """
+
+    def __init__(self, labels: np.ndarray, count: int) -> None:
+        h, w = labels.shape
+        tile = 8
+        while (-(-h // tile)) * (-(-w // tile)) * count > 12_000_000:
+            tile *= 2  # keeps the (layers x tiles) table small for big photos
+        self.tile = tile
+        self.shape = (h, w)
+        self.nty, self.ntx = -(-h // tile), -(-w // tile)
+        n_tiles = self.nty * self.ntx
+        tiles = (np.arange(h, dtype=np.int64) // tile)[:, None] * self.ntx + (
+            np.arange(w, dtype=np.int64) // tile
+        )[None, :]
+        keys = labels.astype(np.int64) * n_tiles + tiles
+        table = np.bincount(keys.ravel(), minlength=count * n_tiles)
+        self.grid = (table.reshape(count, self.nty, self.ntx) > 0).view(np.uint8)
+
+    def windows(self, index: int, reach: float, align: int) -> list[tuple[tuple, tuple]]:
+        """Disjoint (window, core) boxes [y0, y1, x0, x1) covering layer ``index``.
+
+        core: the tiles holding the layer's pixels; window: core grown by ``reach`` px (where the
+        blurred layer can be non-zero). Both are aligned to ``align`` px and clipped to the image.
+        Parts whose windows overlap are merged, so no pixel of the layer is processed twice.
+        """
+        t, (h, w) = self.tile, self.shape
+        grid = self.grid[index]
+        rt = int(math.ceil(reach / t))
+        if align > t:  # coarse levels are cheap: one box for the whole layer
+            boxes = [_grid_box(grid, rt)]
+        else:
+            dilated = cv2.dilate(grid, np.ones((2 * rt + 1, 2 * rt + 1), np.uint8)) if rt else grid
+            n, cc = cv2.connectedComponents(dilated, connectivity=8)
+            if n <= 2:
+                boxes = [_grid_box(grid, rt)]
+            else:
+                boxes = _component_boxes(cc[grid > 0], *np.nonzero(grid), n, rt)
+        out = []
+        for (cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1) in _merge_overlapping(boxes):
+            core = _to_pixels((cy0, cy1, cx0, cx1), t, align, h, w)
+            window = _to_pixels((wy0, wy1, wx0, wx1), t, align, h, w)
+            out.append((window, core))
+        return out
+
+
+def _grid_box(grid: np.ndarray, rt: int) -> tuple[tuple, tuple]:
+    rows, cols = np.flatnonzero(grid.any(axis=1)), np.flatnonzero(grid.any(axis=0))
+    core = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+    return core, (core[0] - rt, core[1] + rt, core[2] - rt, core[3] + rt)
+
+
+def _component_boxes(comp, ys, xs, n, rt) -> list[tuple[tuple, tuple]]:
+    y0 = np.full(n, 1 << 30)
+    x0 = np.full(n, 1 << 30)
+    y1 = np.full(n, -1)
+    x1 = np.full(n, -1)
+    np.minimum.at(y0, comp, ys)
+    np.minimum.at(x0, comp, xs)
+    np.maximum.at(y1, comp, ys + 1)
+    np.maximum.at(x1, comp, xs + 1)
+    boxes = []
+    for c in np.flatnonzero(y1 >= 0):
+        core = (int(y0[c]), int(y1[c]), int(x0[c]), int(x1[c]))
+        boxes.append((core, (core[0] - rt, core[1] + rt, core[2] - rt, core[3] + rt)))
     return boxes
+
+
+def _merge_overlapping(boxes: list[tuple[tuple, tuple]]) -> list[tuple[tuple, tuple]]:
+    """Merge (core, window) pairs whose windows overlap until all windows are disjoint."""
+    boxes = list(boxes)
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        out: list[tuple[tuple, tuple]] = []
+        for core, win in boxes:
+            for i, (c2, w2) in enumerate(out):
+                if win[0] < w2[1] and w2[0] < win[1] and win[2] < w2[3] and w2[2] < win[3]:
+                    out[i] = (
+                        (min(core[0], c2[0]), max(core[1], c2[1]), min(core[2], c2[2]), max(core[3], c2[3])),
+                        (min(win[0], w2[0]), max(win[1], w2[1]), min(win[2], w2[2]), max(win[3], w2[3])),
+                    )
+                    merged = True
+                    break
+            else:
+                out.append((core, win))
+        boxes = out
+    return boxes
+
+
+def _to_pixels(box, tile: int, align: int, h: int, w: int) -> tuple[int, int, int, int]:
+    y0, y1, x0, x1 = (v * tile for v in box)
+    y0, x0 = max(y0 // align * align, 0), max(x0 // align * align, 0)
+    y1, x1 = min(-(-y1 // align) * align, h), min(-(-x1 // align) * align, w)
+    return y0, y1, x0, x1
 
 
 def _premultiplied(rgba: np.ndarray, labels: np.ndarray, index: int, box) -> np.ndarray:
@@ -326,20 +416,18 @@ def _premultiplied(rgba: np.ndarray, labels: np.ndarray, index: int, box) -> np.
     return cv2.copyTo(rgba[y0:y1, x0:x1], mask, pre)
 
 
-def _render_full_res_layer(acc, rgba, labels, index, sigma, box) -> None:
-    """Level 0: blur the layer's box plus a margin wider than cv2's kernel (radius <= 4 sigma + 1)."""
-    h, w = labels.shape
-    y0, y1, x0, x1 = box
+def _render_full_res_layer(acc, rgba, labels, index, sigma, presence) -> None:
+    """Level 0: blur each part of the layer on its box plus a margin wider than cv2's kernel
+    (radius <= 4 sigma + 1.25); inside the frame the margin holds zeros, so cv2's border rule
+    changes nothing there."""
     if sigma == 0:
-        sub = labels[y0:y1, x0:x1] == index
-        acc[y0:y1, x0:x1][sub] = rgba[y0:y1, x0:x1][sub]
+        for (y0, y1, x0, x1), _ in presence.windows(index, 0, 1):
+            sub = labels[y0:y1, x0:x1] == index
+            acc[y0:y1, x0:x1][sub] = rgba[y0:y1, x0:x1][sub]
         return
-    m = int(math.ceil(4.0 * sigma)) + 2
-    win = (max(y0 - m, 0), min(y1 + m, h), max(x0 - m, 0), min(x1 + m, w))
-    pre = _premultiplied(rgba, labels, index, win)
-    # the margin holds zeros, so cv2's border rule changes nothing inside the padded frame
-    blurred = cv2.GaussianBlur(pre, (0, 0), float(sigma))
-    _over(acc[win[0] : win[1], win[2] : win[3]], blurred)
+    for window, _ in presence.windows(index, 4.0 * sigma + 2.0, 1):
+        blurred = cv2.GaussianBlur(_premultiplied(rgba, labels, index, window), (0, 0), sigma)
+        _over(acc[window[0] : window[1], window[2] : window[3]], blurred)
 
 
 def _level_sizes(height: int, width: int, k: int) -> list[tuple[int, int]]:
@@ -350,55 +438,41 @@ def _level_sizes(height: int, width: int, k: int) -> list[tuple[int, int]]:
     return sizes
 
 
-def _render_group(acc, rgba, labels, members, boxes, k, residuals) -> None:
-    """Layers sharing pyramid level k >= 1: blur and composite each at level k, up-sample once."""
+def _render_group(acc, rgba, labels, members, k, residuals, presence) -> None:
+    """Layers sharing pyramid level k >= 1: each part is reduced k times with pyrDown (only its
+    core plus pyrDown's support), blurred and composited at level k; the group is brought back
+    to full resolution once."""
     h, w = labels.shape
     f = 1 << k
-    hk, wk = (h + f - 1) // f, (w + f - 1) // f
     plans = []
     for index in members:
-        y0, y1, x0, x1 = boxes[index]
-        md = 2 * f  # zeros around the box cover pyrDown's support (2 (2^k - 1) full-res px)
-        core = (
-            max((y0 - md) // f, 0),
-            min(-(-(y1 + md) // f), hk),
-            max((x0 - md) // f, 0),
-            min(-(-(x1 + md) // f), wk),
-        )
-        r = int(math.ceil(4.0 * residuals[index])) + 3  # cv2's kernel radius plus pyrUp support
-        region = (
-            max(core[0] - r, 0),
-            min(core[1] + r, hk),
-            max(core[2] - r, 0),
-            min(core[3] + r, wk),
-        )
-        plans.append((index, core, region))
-    gy0 = min(p[2][0] for p in plans)
-    gy1 = max(p[2][1] for p in plans)
-    gx0 = min(p[2][2] for p in plans)
-    gx1 = max(p[2][3] for p in plans)
+        # reach of the blurred layer: the residual kernel (4 sigma_r + 1.25 px of level k),
+        # pyrDown's and pyrUp's supports (2 px each), in full-resolution px
+        reach = (math.ceil(4.0 * residuals[index]) + 6) * f
+        for window, core in presence.windows(index, reach, f):
+            plans.append((index, window, core))
+    gy0 = min(p[1][0] for p in plans) // f
+    gy1 = -(-max(p[1][1] for p in plans) // f)
+    gx0 = min(p[1][2] for p in plans) // f
+    gx1 = -(-max(p[1][3] for p in plans) // f)
     group = np.zeros((gy1 - gy0, gx1 - gx0, 4), np.float32)
 
-    for index, core, region in plans:
-        full = (core[0] * f, min(core[1] * f, h), core[2] * f, min(core[3] * f, w))
-        small = _premultiplied(rgba, labels, index, full)
+    for index, window, core in plans:
+        # pyrDown reads 2 (2^k - 1) full-res px around the core: take a 2f-px ring of zeros
+        ext = (max(core[0] - 2 * f, window[0]), min(core[1] + 2 * f, window[1]),
+               max(core[2] - 2 * f, window[2]), min(core[3] + 2 * f, window[3]))
+        small = _premultiplied(rgba, labels, index, ext)
         for _ in range(k):
             small = cv2.pyrDown(small)
-        # the layer has no content around its box: zeros out to the blur's reach
+        wy0, wy1, wx0, wx1 = window[0] // f, -(-window[1] // f), window[2] // f, -(-window[3] // f)
+        ey0, ex0 = ext[0] // f, ext[2] // f
         small = cv2.copyMakeBorder(
-            small,
-            core[0] - region[0],
-            region[1] - core[1],
-            core[2] - region[2],
-            region[3] - core[3],
-            cv2.BORDER_CONSTANT,
-            value=_ZERO4,
+            small, ey0 - wy0, wy1 - ey0 - small.shape[0], ex0 - wx0, wx1 - ex0 - small.shape[1],
+            cv2.BORDER_CONSTANT, value=_ZERO4,
         )
         if residuals[index] > 0:
             small = cv2.GaussianBlur(small, (0, 0), float(residuals[index]))
-        _over(
-            group[region[0] - gy0 : region[1] - gy0, region[2] - gx0 : region[3] - gx0], small
-        )
+        _over(group[wy0 - gy0 : wy1 - gy0, wx0 - gx0 : wx1 - gx0], small)
 
     fy0, fy1, fx0, fx1 = gy0 * f, min(gy1 * f, h), gx0 * f, min(gx1 * f, w)
     sizes = _level_sizes(fy1 - fy0, fx1 - fx0, k)
@@ -442,7 +516,8 @@ def render_layers(
     labels = cv2.copyMakeBorder(np.ascontiguousarray(layers.labels, dtype=np.int32),
                                 pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
     acc = np.zeros_like(rgba)
-    boxes = _bounding_boxes(labels, len(sigmas))
+    presence = _Presence(labels, len(sigmas))
+    present = presence.grid.reshape(len(sigmas), -1).any(axis=1)
 
     index = 0
     while index < len(sigmas):
@@ -450,12 +525,12 @@ def render_layers(
         end = index
         while end < len(sigmas) and plan[end][0] == k:
             end += 1
-        members = [i for i in range(index, end) if boxes[i, 1] > boxes[i, 0]]
+        members = [i for i in range(index, end) if present[i]]
         if members:
             if k == 0:
                 for i in members:
-                    _render_full_res_layer(acc, rgba, labels, i, sigmas[i], boxes[i])
+                    _render_full_res_layer(acc, rgba, labels, i, sigmas[i], presence)
             else:
-                _render_group(acc, rgba, labels, members, boxes, k, residuals)
+                _render_group(acc, rgba, labels, members, k, residuals, presence)
         index = end
     return _normalise(acc[pad : pad + h, pad : pad + w], rgb)

@@ -200,3 +200,26 @@ def test_pyramid_level_budget():
         total = 2 * (4**k - 1) / 3 + residual**2 * 4**k
         assert abs(total - sigma**2) < 1e-6 * sigma**2
         assert k == 0 or residual >= layered.DEFAULT_BETA
+
+
+def test_over_writes_through_a_view():
+    rng = np.random.default_rng(0)
+    acc = rng.random((20, 30, 4)).astype(np.float32)
+    src = rng.random((8, 9, 4)).astype(np.float32)
+    expected = acc.copy()
+    expected[5:13, 7:16] = src + (1 - src[..., 3:]) * expected[5:13, 7:16]
+    layered._over(acc[5:13, 7:16], src)
+    np.testing.assert_allclose(acc, expected, rtol=1e-6)
+
+
+def test_scattered_layers_are_split_into_parts():
+    # a layer made of two far-apart specks is processed on two small windows, not its bbox
+    labels = np.zeros((200, 200), np.int32)
+    labels[10, 10] = labels[190, 190] = 1
+    presence = layered._Presence(labels, 2)
+    windows = presence.windows(1, reach=6.0, align=1)
+    assert len(windows) == 2
+    assert all((w[1] - w[0]) * (w[3] - w[2]) < 40 * 40 for w, _ in windows)
+    rgb = _texture(200, 200)
+    lay = Layers(labels=labels, sigmas=np.array([0.0, 1.5], np.float32))
+    np.testing.assert_allclose(render_layers(rgb, lay), render_layers_reference(rgb, lay), atol=1e-6)
