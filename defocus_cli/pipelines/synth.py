@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -172,13 +173,25 @@ class SynthReport:
 
 
 def split_of(scene: str, val_fraction: float, test_fraction: float) -> str:
-    """The split of a scene: a fixed function of its id (not of the seed)."""
+    """The split of a scene: a fixed function of its id (not of the seed).
+
+    Scenes of the DFD indoor set (ids ``.../indoor_NNN``) take the split of the real labelled
+    dataset made from the same scenes (pipelines.realdata.dfd_indoor_split, grouped by
+    overlapping views), so renders of the real evaluation scenes never reach training.
+    """
+    if _DFD_SCENE.search(scene):
+        from defocus_cli.pipelines.realdata import dfd_indoor_split
+
+        return dfd_indoor_split(scene)
     u = int(hashlib.sha256(f"split:{scene}".encode()).hexdigest()[:12], 16) / float(1 << 48)
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+_DFD_SCENE = re.compile(r"(^|/)indoor_\d{3}$")
 
 
 def _slug(text: str) -> str:
@@ -603,7 +616,9 @@ def run_synth(
             for fut in as_completed(futures):
                 collect(*fut.result())
 
-    ordered = sorted((records[s.name] for s in specs if s.name in records), key=lambda r: r["name"])
+    # the split is re-derived from the plan, so a re-run also updates an older dataset's splits
+    ordered = sorted((dict(records[s.name], split=s.split) for s in specs if s.name in records),
+                     key=lambda r: r["name"])
     with atomic_write(out / "manifest.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
     report.counts = _counts(ordered)
@@ -628,7 +643,9 @@ def run_synth(
                            "with c_max; x_near/x_far = depth percentiles, depth clipped to them",
         "mask_threshold_px": config.mask_threshold,
         "sigma_max_px": config.c_max / 4.0,
-        "splits": "by source scene: sha256('split:' + scene) decides, independent of the seed "
+        "splits": "by source scene: DFD indoor scenes take the real dfd-real split "
+                  "(pipelines.realdata.dfd_indoor_split); other scenes: sha256('split:' + scene) "
+                  "decides, independent of the seed "
                   f"(val {config.val_fraction:g}, test {config.test_fraction:g})",
         "seed": config.seed,
         "options": config.to_dict(),
