@@ -36,6 +36,9 @@ _EXIF_KEEP = ("Make", "Model", "FocalLength", "FNumber", "SubjectDistance", "Foc
               "FocalPlaneXResolution", "FocalPlaneYResolution", "FocalPlaneResolutionUnit",
               "ExifImageWidth", "ExifImageHeight", "Orientation", "LensModel")
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 PILImage.MAX_IMAGE_PIXELS = None  # we check the size ourselves, with a message naming the file
 
 
@@ -71,6 +74,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         raise InputError(f"{path.parent}: cannot write here ({e.strerror})") from None
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
