@@ -160,20 +160,21 @@ _COLUMNS = (
 
 
 def _print_report(result: dict, per_image: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     images = result["images"]
     columns = [c for c in _COLUMNS if any(c[0] in r for r in images)]
     est = result["estimator"]
-    title = (f"defocus eval: {est.get('name') or 'weights'} on {result['dataset']} "
-             f"[{result['split']}], {len(images)} images, sigma_norm {result['config']['sigma_norm']} px")
+    title = escape(f"defocus eval: {est.get('name') or 'weights'} on {result['dataset']}, split "
+                   f"{result['split']}, {len(images)} images, sigma_norm {result['config']['sigma_norm']} px")
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("image")
     for _, header, _ in columns:
         table.add_column(header, justify="right")
     if per_image:
         for r in images:
-            table.add_row(r["name"], *(_fmt(r.get(k, float("nan")), d) for k, _, d in columns))
+            table.add_row(escape(r["name"]), *(_fmt(r.get(k, float("nan")), d) for k, _, d in columns))
         table.add_section()
     mean = result["mean"]
     table.add_row("[bold]mean[/bold]", *(_fmt(mean.get(k, float("nan")), d) for k, _, d in columns))

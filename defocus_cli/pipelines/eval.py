@@ -104,10 +104,23 @@ class EvalReport:
     dataset_json: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": str(self.dataset), "split": self.split, "config": self.config,
-                "dataset_json": self.dataset_json, "n_images": len(self.images), "mean": self.mean,
-                "pr_curve": self.pr_curve, "images": self.images,
-                "failures": [{"name": n, "error": e} for n, e in self.failures]}
+        """The report as plain JSON data; NaN / inf figures become None (strict JSON has no NaN)."""
+        return _json_safe({"dataset": str(self.dataset), "split": self.split, "config": self.config,
+                           "dataset_json": self.dataset_json, "n_images": len(self.images),
+                           "mean": self.mean, "pr_curve": self.pr_curve, "images": self.images,
+                           "failures": [{"name": n, "error": e} for n, e in self.failures]})
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ def test_constant_and_reversed_estimators(tmp_path):
     root = write_dataset(tmp_path / "ds")
     flat = evaluate_dataset(root, lambda rgb: np.ones(rgb.shape[:2], np.float32))
     assert math.isnan(flat.mean["spearman"])
+    d = flat.to_dict()  # strict JSON: NaN becomes null
+    assert d["mean"]["spearman"] is None and json.loads(json.dumps(d, allow_nan=False)) == d
     gt_mean = flat.images[0]["gt_sigma_px_mean"]
     assert flat.mean["bias_px"] == pytest.approx(1.0 - gt_mean, abs=1e-6)
     w = 32
