@@ -44,8 +44,16 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    """(H, W) float32: 1 = blurred, 0 = sharp (the mask PNG holds 255 / 0)."""
-    return (read_image(path).pixels[..., 0] >= 0.5).astype(np.float32)
+    """(H, W) float32: 1 = blurred, 0 = sharp, NaN = unknown.
+
+    Mask PNGs hold 255 (blurred) and 0 (sharp); datasets mark pixels without a label with a
+    middle value (dfd-real writes 128), which the losses must ignore, not read as "blurred".
+    """
+    v = read_image(path).pixels[..., 0]
+    out = np.full(v.shape, np.nan, np.float32)
+    out[v >= 0.75] = 1.0
+    out[v <= 0.25] = 0.0
+    return out
 
 
 def write_toy_dataset(root: str | Path, *, n_train: int = 8, n_val: int = 2, size: int = 64,
