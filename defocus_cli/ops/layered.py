@@ -17,14 +17,17 @@ Two renderers share one decomposition:
   at a cost that does not grow with sigma:
 
   - a layer with sigma < ``SHARP_SIGMA`` is copied (its kernel's off-centre weights are < 4e-6);
-  - a layer with a small sigma is blurred at full resolution, exactly like the reference, but only
-    on its bounding box plus a 4-sigma margin;
+  - a layer with a small sigma is blurred at full resolution, exactly like the reference;
   - a layer with a larger sigma is reduced k times with ``cv2.pyrDown`` (each step is a 5-tap
     binomial filter of variance 1 px^2 at its level), blurred at that level with the residual
     sigma so that the total variance matches (down + residual + the ``cv2.pyrUp`` interpolation
-    on the way back up, each pyramid step adding 4^j px^2), again only on its bounding box plus
-    margin. k is the deepest level at which the residual sigma stays >= ``beta`` pixels of that
-    level, so the signal is smooth enough for the 5-tap interpolation to be accurate;
+    on the way back up, each pyramid step adding 4^j px^2). k is the deepest level at which the
+    residual sigma stays >= ``beta`` pixels of that level, so the signal is smooth enough for
+    the 5-tap interpolation to be accurate;
+  - a layer is processed only on the boxes of its connected parts (found on an 8-px tile grid,
+    grown by the blur's reach and merged until disjoint), not on one bounding box: layers of
+    real depth maps are thin iso-depth contours, sensor speckle and mixed pixels at depth
+    edges, whose bounding boxes cover most of the frame;
   - consecutive layers (in depth order) that use the same pyramid level are composited with each
     other at that level and brought back to full resolution once per group. "Over" is
     associative, so this only changes the result by the interpolation error of the group.

@@ -30,8 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
-import os
+import multiprocessing
 import re
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -611,7 +610,11 @@ def run_synth(
         for spec in todo:
             collect(*_worker(spec, config, textures))
     else:
-        with ProcessPoolExecutor(max_workers=config.workers, initializer=_worker_init) as pool:
+        # "spawn", not the default fork: a child forked after OpenCV started its thread pool can
+        # deadlock in its first parallel cv2 call
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=config.workers, mp_context=context,
+                                 initializer=_worker_init) as pool:
             futures = [pool.submit(_worker, spec, config, textures) for spec in todo]
             for fut in as_completed(futures):
                 collect(*fut.result())
