@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from defocus_cli.models.b import BlurNet, BlurNetConfig, BlurNetOutput, load_vgg19_encoder, scaled
+from defocus_cli.models.b import (BlurNet, BlurNetConfig, BlurNetOutput, fuse_for_inference, load_vgg19_encoder,
+                                  scaled)
 
 
 def _conv(cin, cout, bias=True):
@@ -94,3 +95,19 @@ def test_vgg19_state_dict_maps_key_for_key():
         load_vgg19_encoder(model, fake)
     with pytest.raises(ValueError, match="full-width"):
         load_vgg19_encoder(BlurNet(BlurNetConfig(width=0.5)), fake)
+
+
+def test_fused_inference_copy_matches_and_has_no_batchnorm():
+    torch.manual_seed(0)
+    model = BlurNet(BlurNetConfig(width=0.125)).eval()
+    for m in model.modules():  # non-trivial statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.rand(1, 3, 37, 50)
+    with torch.no_grad():
+        assert torch.allclose(model(x), fused(x), atol=1e-5)
