@@ -20,7 +20,7 @@ HELP = """Train network B of DMENet (+ D, C, S of the paper) on a synthetic data
 
 \b
   train:     defocus train --data DATASET -o RUN_DIR OPTIONS...
-  continue:  defocus train --resume RUN_DIR [--steps N]
+  continue:  defocus train --resume RUN_DIR --steps N
   ship:      defocus train export RUN_DIR -o weights/NAME.pt
 
 --data is a `defocus synth` folder (image/, sigma/, manifest.jsonl with train/val splits). --real is a folder of real defocused photos without labels (the paper's D_R). --real-masks is a dataset folder with image/ + mask/ (255 = blurred), or a folder of masks named like the --real photos (D_B). Without them D and S are off, and the run says so.
@@ -117,7 +117,9 @@ def train(
     pretrain_steps: int = typer.Option(0, "--pretrain-steps", help="first steps train B alone (B-only pre-training stage)"),
     ckpt_every: int = typer.Option(500, "--ckpt-every", help="steps between checkpoints"),
     log_every: int = typer.Option(10, "--log-every", help="steps between metrics.jsonl records"),
-    val_max: int = typer.Option(16, "--val-max", help="validation images per epoch"),
+    val_max: int = typer.Option(16, "--val-max", help="images per validation (val split)"),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="steps between validations [default: each epoch]"),
+    decay_every: int = typer.Option(20, "--decay-every", help="epochs between x0.8 learning-rate decays (the paper: 20 epochs of SYNDOF's ~8k images; scale it for a much smaller dataset)"),
     workers: int = typer.Option(0, "--workers", help="data-loading processes per training process"),
     seed: int = typer.Option(0, "--seed"),
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="torchvision vgg19 state dict (encoder init + network C)"),
@@ -145,15 +147,18 @@ def train(
         else:
             if data is None or output is None:
                 raise InputError("defocus train needs --data DATASET and -o RUN_DIR (or --resume RUN_DIR)")
+            def absolute(p: Optional[Path]) -> Optional[str]:
+                # the checkpoint must still find its data when resumed from another directory
+                return str(p.resolve()) if p is not None else None
+
             config = TrainConfig(
-                data=str(data), real=str(real) if real else None,
-                real_masks=str(real_masks) if real_masks else None,
-                real_exclude=str(real_exclude) if real_exclude else None,
+                data=absolute(data), real=absolute(real), real_masks=absolute(real_masks),
+                real_exclude=absolute(real_exclude),
                 nets=nets, width=width, crop=crop, batch=batch, epochs=epochs, steps=steps,
                 pretrain_steps=pretrain_steps, lr=lr, precision=precision, channels_last=channels_last,
-                seed=seed, ckpt_every=ckpt_every, log_every=log_every, val_max=val_max, workers=workers,
-                vgg_weights=str(vgg_weights) if vgg_weights else None,
-                init_weights=str(init) if init else None)
+                seed=seed, ckpt_every=ckpt_every, log_every=log_every, val_max=val_max, val_every=val_every,
+                decay_every_epochs=decay_every, workers=workers,
+                vgg_weights=absolute(vgg_weights), init_weights=absolute(init))
             run_dir = output
         n_gpus = gpus if gpus is not None else (1 if torch.cuda.is_available() else 0)
         provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}

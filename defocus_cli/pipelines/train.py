@@ -96,7 +96,8 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 500  # steps between atomic checkpoints (and one at the end)
     log_every: int = 10  # steps between metrics.jsonl records
-    val_max: int = 16  # validation images per epoch (full-size eval on CPU is slow)
+    val_max: int = 16  # validation images per validation (full-size eval on CPU is slow)
+    val_every: int | None = None  # steps between validations; None = once per epoch (the paper's)
     workers: int = 0  # DataLoader worker processes per training process
     vgg_weights: str | None = None  # torchvision vgg19 state dict: encoder init and network C
     init_weights: str | None = None  # start B from shipped weights (fresh optimiser)
@@ -113,6 +114,8 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
             raise InputError(f"--steps must be >= 1, got {self.steps}")
+        if self.val_every is not None and self.val_every < 1:
+            raise InputError(f"--val-every must be >= 1, got {self.val_every}")
         if self.pretrain_steps < 0 or self.val_max < 0 or self.workers < 0:
             raise InputError("--pretrain-steps, --val-max and --workers must be >= 0")
 
@@ -226,27 +229,31 @@ class _GeneratorLoss(nn.Module):
         super().__init__()
         self.b, self.s, self.c, self.weights = b, s, c, weights
 
-    def forward(self, batch: dict[str, torch.Tensor], d: nn.Module | None, use_real: bool):
+    def forward(self, batch: dict[str, torch.Tensor], d: nn.Module | None, full: bool):
+        """``full=False`` is the B-only pre-training stage: L_B alone."""
         w = self.weights
         out = self.b(batch["synth"])
         target = batch["target"]
         terms: dict[str, torch.Tensor] = {}
         feats: dict[str, torch.Tensor] = {"synth": out.features.detach()}
         terms["L_B"] = blur_map_loss(out.sigma, out.aux, target, w.aux)
+        if not full:
+            terms["L_g"] = terms["L_B"]
+            return terms, feats
         if self.c is not None:
             # invalid label pixels take the prediction's value so they add no content difference
             filled = torch.where(torch.isfinite(target), target, out.sigma.detach().float())
             terms["L_C"] = content_loss(self.c(out.sigma), self.c(filled.to(out.sigma.dtype)))
-        if d is not None and use_real and "real" in batch:
+        if d is not None and "real" in batch:
             out_r = self.b(batch["real"])
             feats["real"] = out_r.features.detach()
             with _frozen_buffers(d):
                 terms["L_adv_R"] = adversarial_loss(d(out_r.features))
-        if "masked" in batch and (self.s is not None or (d is not None and use_real)):
+        if "masked" in batch and (self.s is not None or d is not None):
             out_m = self.b(batch["masked"])
             if self.s is not None:
                 terms["L_S"] = sharpness_loss(self.s(out_m.sigma), batch["mask"])
-            if d is not None and use_real:
+            if d is not None:
                 feats["masked"] = out_m.features.detach()
                 with _frozen_buffers(d):
                     terms["L_adv_B"] = adversarial_loss(d(out_m.features))
@@ -325,7 +332,10 @@ class Trainer:
         self.d_loss = _DiscriminatorLoss(self.d, weights) if self.d is not None else None
         if dist_ctx.active:
             ids = [device.index] if device.type == "cuda" else None
-            self.g_run = nn.parallel.DistributedDataParallel(self.g_loss, device_ids=ids)
+            # S sits idle during B-only pre-training; DDP must then expect unused parameters
+            unused = config.pretrain_steps > 0 and self.s is not None
+            self.g_run = nn.parallel.DistributedDataParallel(self.g_loss, device_ids=ids,
+                                                             find_unused_parameters=unused)
             self.d_run = (nn.parallel.DistributedDataParallel(self.d_loss, device_ids=ids)
                           if self.d_loss is not None else None)
         else:
@@ -338,7 +348,9 @@ class Trainer:
             return config.lr_decay ** ((step // spe) // config.decay_every_epochs)
 
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay) if self.opt_d else None
+        # D follows G's clock (the global step) although it does not step during pre-training
+        self.sched_d = (torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda _: decay(self.sched_g.last_epoch))
+                        if self.opt_d else None)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fmt = torch.channels_last if self.config.channels_last else torch.contiguous_format
@@ -396,12 +408,12 @@ class Trainer:
         batch = self._to_device(batch)
         pretraining = step < self.config.pretrain_steps
         terms, feats = self.g_step(batch, step, pretraining)
-        if not pretraining:
-            terms.update(self.d_step(feats, step))
+        d_terms = {} if pretraining else self.d_step(feats, step)
+        terms.update(d_terms)
+        terms["lr"] = self.opt_g.param_groups[0]["lr"]  # the rate this step used
         self.sched_g.step()
-        if self.sched_d is not None:
+        if d_terms:
             self.sched_d.step()
-        terms["lr"] = self.opt_g.param_groups[0]["lr"]
         return terms
 
     def state_dict(self) -> dict:
@@ -669,7 +681,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: torch.device, dis
             log(record)
             emit(TrainEvent("step", step, total, record))
             running, t0, n0 = {}, time.perf_counter(), step
-        if step % spe == 0 or step == total:
+        if step % (config.val_every or spe) == 0 or step == total:
             val_metrics = validate(trainer.b, prep.val, config, device, trainer.dtype, dist_ctx)
             if val_metrics:
                 record = {"step": step, "epoch": step / spe, "kind": "val", **val_metrics}

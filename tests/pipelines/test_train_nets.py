@@ -147,3 +147,23 @@ def test_two_process_gloo_ddp_run_keeps_replicas_identical(toy, tmp_path):
     ckpt = load_checkpoint(tmp_path / "ddp")
     assert ckpt["D"] is not None and ckpt["S"] is not None
     assert json.loads(ckpt["info"])["provenance"]["nets_trained"] == "BDCS"
+
+
+def test_pretrain_steps_train_b_alone_first(toy):
+    _, trainer, batches = make_trainer(config(toy, pretrain_steps=1))
+    d0 = snapshot(trainer.d)
+    first = trainer.step(batches[0], 0)
+    assert set(k for k in first if k.startswith("L_")) == {"L_B", "L_g"}
+    assert not changed(d0, trainer.d)
+    second = trainer.step(batches[1], 1)
+    assert {"L_C", "L_S", "L_adv_R", "L_d"} <= set(second)
+
+
+def test_learning_rate_decays_by_0_8_every_decay_period(toy):
+    cfg = config(toy, nets="BD", decay_every_epochs=2)
+    prep = prepare(cfg)
+    trainer = Trainer(cfg, prep.active, 1, CPU, Dist())  # 1 step per epoch
+    batches = StepBatches(prep.train, prep.real, prep.masked, BatchPlan(2, 32, 0, 0, 1, 7.0))
+    lrs = [trainer.step(batches[i], i)["lr"] for i in range(5)]
+    assert lrs == pytest.approx([1e-4, 1e-4, 8e-5, 8e-5, 6.4e-5])
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(6.4e-5)
