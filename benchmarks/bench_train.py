@@ -115,17 +115,18 @@ def bench_data(crop: int, batch: int, root: Path) -> dict:
 def bench_ddp(width: float, crop: int, batch: int, steps: int, root: Path) -> list[dict]:
     ds = write_toy_dataset(root / "ddp_data", n_train=64, n_val=1, size=max(crop, 256), seed=0)
     rows = []
-    for procs in (1, 2):
-        run = root / f"ddp{procs}"
+    cores = os.cpu_count() or 1
+    for procs, threads in ((1, 1), (1, cores), (2, max(1, cores // 2))):
+        run = root / f"ddp{procs}_{threads}"
         cfg = TrainConfig(data=str(ds), nets="B", width=width, crop=crop, batch=batch, steps=steps,
                           log_every=1, ckpt_every=10**6, val_max=0, precision="fp32")
         t = time.perf_counter()
-        launch(cfg, run, cpu_procs=procs, threads=max(1, (os.cpu_count() or 1) // procs))
+        launch(cfg, run, cpu_procs=procs, threads=threads)
         wall = time.perf_counter() - t
         recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         rates = sorted(r["steps_per_s"] for r in recs if "steps_per_s" in r)[1:]  # drop warm-up step
         sps = rates[len(rates) // 2]
-        rows.append({"procs": procs, "threads_per_proc": max(1, (os.cpu_count() or 1) // procs),
+        rows.append({"procs": procs, "threads_per_proc": threads,
                      "width": width, "crop": crop, "batch_per_proc": batch, "steps_per_s": sps,
                      "samples_per_s": sps * batch * procs, "wall_s": wall})
     return rows

@@ -76,7 +76,8 @@ class ProgressReporter:
             return
         elif event.kind == "step":
             m = event.metrics
-            losses = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("L_"))
+            # the headline terms; every term is in metrics.jsonl
+            losses = " ".join(f"{k}={m[k]:.4f}" for k in ("L_B", "L_g", "L_d") if k in m)
             info = f"{losses} lr={m['lr']:.2e} {m['steps_per_s']:.2f} it/s {m['samples_per_s']:.1f} img/s"
             self._progress.update(self._task, completed=event.step, info=info)
         elif event.kind == "val":

@@ -162,8 +162,10 @@ class SynthSet:
 def read_exclusions(path: str | Path | None) -> set[str]:
     """Names (file stems) to hold out of the real sets.
 
-    A ``.jsonl`` manifest excludes every entry whose split is not "train"; any other file is a
-    list of names, one per line (``#`` starts a comment).
+    A ``.jsonl`` manifest excludes every entry whose split is not "train", by its "name" and, where
+    it has one, by the last part of its "scene" (a synth manifest's ``dfd-indoor/indoor_017``
+    holds out the real photo ``indoor_017.jpg``); any other file is a list of names, one per line
+    (``#`` starts a comment).
     """
     if path is None:
         return set()
@@ -171,7 +173,13 @@ def read_exclusions(path: str | Path | None) -> set[str]:
     if not path.is_file():
         raise InputError(f"{path}: exclusion list not found")
     if path.suffix == ".jsonl":
-        return {e["name"] for e in read_manifest_file(path) if e["split"] != "train"}
+        names = set()
+        for e in read_manifest_file(path):
+            if e["split"] != "train":
+                names.add(e["name"])
+                if e.get("scene"):
+                    names.add(Path(str(e["scene"])).name)
+        return names
     names = set()
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()

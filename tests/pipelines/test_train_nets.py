@@ -167,3 +167,21 @@ def test_learning_rate_decays_by_0_8_every_decay_period(toy):
     lrs = [trainer.step(batches[i], i)["lr"] for i in range(5)]
     assert lrs == pytest.approx([1e-4, 1e-4, 8e-5, 8e-5, 6.4e-5])
     assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(6.4e-5)
+
+
+def test_a_synth_manifest_holds_its_non_train_scenes_out_of_d_r(tmp_path):
+    from defocus_cli.pipelines.train_data import read_exclusions, real_photos
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(e) for e in [
+        {"name": "dfd-indoor-indoor_001-00", "split": "train", "scene": "dfd-indoor/indoor_001"},
+        {"name": "dfd-indoor-indoor_002-00", "split": "test", "scene": "dfd-indoor/indoor_002"},
+        {"name": "proc-7", "split": "val"},
+    ]))
+    photos = tmp_path / "real"
+    photos.mkdir()
+    for n in ("indoor_001", "indoor_002", "indoor_003"):
+        (photos / f"{n}.jpg").write_bytes(b"x")
+    excluded = read_exclusions(manifest)
+    assert {"indoor_002", "proc-7"} <= excluded and "indoor_001" not in excluded
+    assert [p.stem for p in real_photos(photos, excluded)] == ["indoor_001", "indoor_003"]
