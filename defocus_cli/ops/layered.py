@@ -76,6 +76,10 @@ MAX_LEVEL = 10
 MAX_MARGIN = 256
 
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
+#: strips of a sparse layer piece are this many tiles high (64 px at the finest grid)
+_STRIP_TILES = 8
+#: a piece whose box is more than this full of the layer's tiles is not cut into strips
+_DENSE = 0.35
 
 
 @dataclass(frozen=True)
@@ -266,14 +270,16 @@ def _over(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 def _normalise(acc: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """Premultiplied RGBA -> RGB: colour / alpha, clipped to [0, 1]."""
     alpha = acc[..., 3]
     # alpha > 0 wherever some layer covers the pixel, i.e. everywhere; the guard only protects
     # against float underflow and keeps the input there
-    ok = alpha > 1e-6
-    out = rgb.copy()
-    out[ok] = acc[ok, :3] / alpha[ok, None]
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    safe = np.maximum(alpha, np.float32(1e-6))
+    out = cv2.cvtColor(cv2.divide(acc, cv2.merge((safe, safe, safe, safe))), cv2.COLOR_RGBA2RGB)
+    bad = alpha <= 1e-6
+    if bad.any():
+        out[bad] = rgb[bad]
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def render_layers_reference(rgb: np.ndarray, layers: Layers) -> np.ndarray:
@@ -334,12 +340,17 @@ class _Presence:
         table = np.bincount(keys.ravel(), minlength=count * n_tiles)
         self.grid = (table.reshape(count, self.nty, self.ntx) > 0).view(np.uint8)
 
-    def windows(self, index: int, reach: float, align: int) -> list[tuple[tuple, tuple]]:
-        """Disjoint (window, core) boxes [y0, y1, x0, x1) covering layer ``index``.
+    def parts(self, index: int, reach: float, align: int) -> list[tuple[tuple, tuple, tuple]]:
+        """(out, inp, core) boxes [y0, y1, x0, x1) in px that together render layer ``index``.
 
-        core: the tiles holding the layer's pixels; window: core grown by ``reach`` px (where the
-        blurred layer can be non-zero). Both are aligned to ``align`` px and clipped to the image.
-        Parts whose windows overlap are merged, so no pixel of the layer is processed twice.
+        out: where this part's blurred layer is composited; the parts' out boxes are disjoint and
+        cover every pixel the blurred layer reaches (``reach`` px from its pixels). inp: the
+        region blurred to get out (out plus the rows within reach above and below). core: the
+        tiles holding the layer's pixels inside inp. All aligned to ``align`` px, clipped.
+
+        Parts are the connected pieces of the layer (grown by reach, merged until disjoint). A
+        tall piece that fills little of its box (a diagonal band: an iso-depth contour of a
+        slanted surface) is cut into strips, each as wide as its own rows need.
         """
         t, (h, w) = self.tile, self.shape
         grid = self.grid[index]
@@ -354,10 +365,27 @@ class _Presence:
             else:
                 boxes = _component_boxes(cc[grid > 0], *np.nonzero(grid), n, rt)
         out = []
-        for (cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1) in _merge_overlapping(boxes):
-            core = _to_pixels((cy0, cy1, cx0, cx1), t, align, h, w)
-            window = _to_pixels((wy0, wy1, wx0, wx1), t, align, h, w)
-            out.append((window, core))
+        for core, window in _merge_overlapping(boxes):
+            wy0, wy1 = max(window[0], 0), min(window[1], self.nty)
+            wx0, wx1 = max(window[2], 0), min(window[3], self.ntx)
+            sub = grid[wy0:wy1, wx0:wx1]
+            strip = max(_STRIP_TILES, 2 * rt)
+            if align > t or wy1 - wy0 < 2 * strip or sub.mean() > _DENSE:
+                out.append(tuple(_to_pixels(b, t, align, h, w) for b in (window, window, core)))
+                continue
+            rows = sub.any(axis=1)
+            for y in range(wy0, wy1, strip):
+                r0, r1 = max(y - rt, wy0), min(y + strip + rt, wy1)
+                if not rows[r0 - wy0 : r1 - wy0].any():
+                    continue  # no pixel of the layer within reach of these rows
+                band = grid[r0:r1, wx0:wx1]
+                cols = np.flatnonzero(band.any(axis=0))
+                c0, c1 = wx0 + cols[0], wx0 + cols[-1] + 1
+                ys = np.flatnonzero(band.any(axis=1))
+                core_box = (r0 + ys[0], r0 + ys[-1] + 1, c0, c1)
+                x0, x1 = max(c0 - rt, wx0), min(c1 + rt, wx1)
+                out_box, in_box = (y, min(y + strip, wy1), x0, x1), (r0, r1, x0, x1)
+                out.append(tuple(_to_pixels(b, t, align, h, w) for b in (out_box, in_box, core_box)))
         return out
 
 
@@ -424,13 +452,14 @@ def _render_full_res_layer(acc, rgba, labels, index, sigma, presence) -> None:
     (radius <= 4 sigma + 1.25); inside the frame the margin holds zeros, so cv2's border rule
     changes nothing there."""
     if sigma == 0:
-        for (y0, y1, x0, x1), _ in presence.windows(index, 0, 1):
+        for (y0, y1, x0, x1), _, _ in presence.parts(index, 0, 1):
             sub = labels[y0:y1, x0:x1] == index
             acc[y0:y1, x0:x1][sub] = rgba[y0:y1, x0:x1][sub]
         return
-    for window, _ in presence.windows(index, 4.0 * sigma + 2.0, 1):
-        blurred = cv2.GaussianBlur(_premultiplied(rgba, labels, index, window), (0, 0), sigma)
-        _over(acc[window[0] : window[1], window[2] : window[3]], blurred)
+    for out, inp, _ in presence.parts(index, 4.0 * sigma + 2.0, 1):
+        blurred = cv2.GaussianBlur(_premultiplied(rgba, labels, index, inp), (0, 0), sigma)
+        _over(acc[out[0] : out[1], out[2] : out[3]],
+              blurred[out[0] - inp[0] : out[1] - inp[0], out[2] - inp[2] : out[3] - inp[2]])
 
 
 def _level_sizes(height: int, width: int, k: int) -> list[tuple[int, int]]:
@@ -452,30 +481,35 @@ def _render_group(acc, rgba, labels, members, k, residuals, presence) -> None:
         # reach of the blurred layer: the residual kernel (4 sigma_r + 1.25 px of level k),
         # pyrDown's and pyrUp's supports (2 px each), in full-resolution px
         reach = (math.ceil(4.0 * residuals[index]) + 6) * f
-        for window, core in presence.windows(index, reach, f):
-            plans.append((index, window, core))
+        for out, inp, core in presence.parts(index, reach, f):
+            plans.append((index, out, inp, core))
     gy0 = min(p[1][0] for p in plans) // f
     gy1 = -(-max(p[1][1] for p in plans) // f)
     gx0 = min(p[1][2] for p in plans) // f
     gx1 = -(-max(p[1][3] for p in plans) // f)
     group = np.zeros((gy1 - gy0, gx1 - gx0, 4), np.float32)
 
-    for index, window, core in plans:
+    def down(box):  # a full-resolution box at level k
+        return box[0] // f, -(-box[1] // f), box[2] // f, -(-box[3] // f)
+
+    for index, out, inp, core in plans:
         # pyrDown reads 2 (2^k - 1) full-res px around the core: take a 2f-px ring of zeros
-        ext = (max(core[0] - 2 * f, window[0]), min(core[1] + 2 * f, window[1]),
-               max(core[2] - 2 * f, window[2]), min(core[3] + 2 * f, window[3]))
+        ext = (max(core[0] - 2 * f, inp[0]), min(core[1] + 2 * f, inp[1]),
+               max(core[2] - 2 * f, inp[2]), min(core[3] + 2 * f, inp[3]))
         small = _premultiplied(rgba, labels, index, ext)
         for _ in range(k):
             small = cv2.pyrDown(small)
-        wy0, wy1, wx0, wx1 = window[0] // f, -(-window[1] // f), window[2] // f, -(-window[3] // f)
+        iy0, iy1, ix0, ix1 = down(inp)
         ey0, ex0 = ext[0] // f, ext[2] // f
         small = cv2.copyMakeBorder(
-            small, ey0 - wy0, wy1 - ey0 - small.shape[0], ex0 - wx0, wx1 - ex0 - small.shape[1],
+            small, ey0 - iy0, iy1 - ey0 - small.shape[0], ex0 - ix0, ix1 - ex0 - small.shape[1],
             cv2.BORDER_CONSTANT, value=_ZERO4,
         )
         if residuals[index] > 0:
             small = cv2.GaussianBlur(small, (0, 0), float(residuals[index]))
-        _over(group[wy0 - gy0 : wy1 - gy0, wx0 - gx0 : wx1 - gx0], small)
+        oy0, oy1, ox0, ox1 = down(out)
+        _over(group[oy0 - gy0 : oy1 - gy0, ox0 - gx0 : ox1 - gx0],
+              small[oy0 - iy0 : oy1 - iy0, ox0 - ix0 : ox1 - ix0])
 
     fy0, fy1, fx0, fx1 = gy0 * f, min(gy1 * f, h), gx0 * f, min(gx1 * f, w)
     sizes = _level_sizes(fy1 - fy0, fx1 - fx0, k)

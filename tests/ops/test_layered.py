@@ -217,9 +217,9 @@ def test_scattered_layers_are_split_into_parts():
     labels = np.zeros((200, 200), np.int32)
     labels[10, 10] = labels[190, 190] = 1
     presence = layered._Presence(labels, 2)
-    windows = presence.windows(1, reach=6.0, align=1)
+    windows = presence.parts(1, reach=6.0, align=1)
     assert len(windows) == 2
-    assert all((w[1] - w[0]) * (w[3] - w[2]) < 40 * 40 for w, _ in windows)
+    assert all((w[1] - w[0]) * (w[3] - w[2]) < 40 * 40 for w, _, _ in windows)
     rgb = _texture(200, 200)
     lay = Layers(labels=labels, sigmas=np.array([0.0, 1.5], np.float32))
     np.testing.assert_allclose(render_layers(rgb, lay), render_layers_reference(rgb, lay), atol=1e-6)
