@@ -21,7 +21,7 @@ bash scripts/make_dataset.sh datasets/syndof
 [ -f datasets/dfd-real/manifest.jsonl ] || defocus eval prepare-dfd "$DATA/rgbd/dfd-indoor" -o datasets/dfd-real
 python scripts/merge_datasets.py -o datasets/train-mix datasets/syndof datasets/dfd-real:8
 
-if [ -f "$RUN/config.json" ]; then
+if [ -f "$RUN/checkpoint.pt" ]; then
   defocus train --resume "$RUN" --steps "${STEPS:-20000}"
 else
   defocus train --data datasets/train-mix --nets B --gpus 0 --cpu-procs 2 --threads 1 \
