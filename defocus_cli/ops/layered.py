@@ -80,6 +80,9 @@ _ZERO4 = (0.0, 0.0, 0.0, 0.0)
 _STRIP_TILES = 8
 #: a piece whose box is more than this full of the layer's tiles is not cut into strips
 _DENSE = 0.35
+#: fixed cost of one more block in _row_blocks, in tiles of work (Python and OpenCV call
+#: overhead against the pixels a merged block would process for nothing)
+_BLOCK_COST = 24
 
 
 @dataclass(frozen=True)
@@ -319,79 +322,97 @@ def _pyramid_level(sigma: float, beta: float, max_level: int) -> tuple[int, floa
 class _Presence:
     """Which layers occur in which tile of a coarse grid, computed once per render.
 
-    Layer windows are found on this grid: a layer made of thin curves or scattered pixels (iso-
-    depth contours, sensor noise, mixed pixels at depth edges) is processed on the boxes of its
-    connected parts instead of one bounding box that may cover the whole image.
+    Layer regions are planned on this grid: a layer made of thin curves or scattered pixels
+    (iso-depth contours, sensor noise, mixed pixels at depth edges) is processed on its connected
+    pieces, and a sparse piece (a diagonal band) row by row, instead of on one bounding box that
+    may cover the whole image.
     """
 
     def __init__(self, labels: np.ndarray, count: int) -> None:
         h, w = labels.shape
         tile = 8
-        while (-(-h // tile)) * (-(-w // tile)) * count > 12_000_000:
-            tile *= 2  # keeps the (layers x tiles) table small for big photos
+        while (-(-h // tile)) * (-(-w // tile)) * count > 64_000_000:
+            tile *= 2  # keeps the (layers x tiles) table small for big photos (64 MB at most)
         self.tile = tile
         self.shape = (h, w)
         self.nty, self.ntx = -(-h // tile), -(-w // tile)
         n_tiles = self.nty * self.ntx
-        tiles = (np.arange(h, dtype=np.int64) // tile)[:, None] * self.ntx + (
-            np.arange(w, dtype=np.int64) // tile
+        tiles = (np.arange(h, dtype=np.int32) // tile)[:, None] * self.ntx + (
+            np.arange(w, dtype=np.int32) // tile
         )[None, :]
-        keys = labels.astype(np.int64) * n_tiles + tiles
-        table = np.bincount(keys.ravel(), minlength=count * n_tiles)
-        self.grid = (table.reshape(count, self.nty, self.ntx) > 0).view(np.uint8)
+        table = np.zeros(count * n_tiles, np.uint8)
+        table[labels * n_tiles + tiles] = 1
+        self.grid = table.reshape(count, self.nty, self.ntx)
 
-    def parts(self, index: int, reach: float, align: int) -> list[tuple[tuple, tuple, tuple]]:
-        """(out, inp, core) boxes [y0, y1, x0, x1) in px that together render layer ``index``.
+    def pieces(self, index: int, reach: float, align: int) -> list[tuple[tuple, tuple]]:
+        """(core, window) tile boxes [y0, y1, x0, x1) of the layer's connected pieces.
 
-        out: where this part's blurred layer is composited; the parts' out boxes are disjoint and
-        cover every pixel the blurred layer reaches (``reach`` px from its pixels). inp: the
-        region blurred to get out (out plus the rows within reach above and below). core: the
-        tiles holding the layer's pixels inside inp. All aligned to ``align`` px, clipped.
-
-        Parts are the connected pieces of the layer (grown by reach, merged until disjoint). A
-        tall piece that fills little of its box (a diagonal band: an iso-depth contour of a
-        slanted surface) is cut into strips, each as wide as its own rows need.
+        core: the tiles holding the piece's pixels; window: core grown by ``reach`` px, where
+        the blurred piece can be non-zero. Pieces whose windows overlap are merged, so windows
+        are disjoint and each holds the pixels of its own piece only. At levels coarser than a
+        tile (align > tile) the whole layer is one piece.
         """
-        t, (h, w) = self.tile, self.shape
         grid = self.grid[index]
-        rt = int(math.ceil(reach / t))
-        if align > t:  # coarse levels are cheap: one box for the whole layer
-            boxes = [_grid_box(grid, rt)]
-        else:
-            dilated = cv2.dilate(grid, np.ones((2 * rt + 1, 2 * rt + 1), np.uint8)) if rt else grid
-            n, cc = cv2.connectedComponents(dilated, connectivity=8)
-            if n <= 2:
-                boxes = [_grid_box(grid, rt)]
-            else:
-                boxes = _component_boxes(cc[grid > 0], *np.nonzero(grid), n, rt)
+        rt = int(math.ceil(reach / self.tile))
+        if align > self.tile:
+            return [_grid_box(grid, rt)]
+        dilated = cv2.dilate(grid, np.ones((2 * rt + 1, 2 * rt + 1), np.uint8)) if rt else grid
+        n, cc = cv2.connectedComponents(dilated, connectivity=8)
+        if n <= 2:
+            return [_grid_box(grid, rt)]
+        return _merge_overlapping(_component_boxes(cc[grid > 0], *np.nonzero(grid), n, rt))
+
+    def spans(self, index: int, box: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """Per tile row of ``box``: first and end column (tiles) of the layer; -1, -1 if none."""
+        y0, y1, x0, x1 = (max(box[0], 0), min(box[1], self.nty), max(box[2], 0), min(box[3], self.ntx))
+        sub = self.grid[index, y0:y1, x0:x1].astype(bool)
+        has = sub.any(axis=1)
+        first = np.where(has, x0 + sub.argmax(axis=1), -1)
+        end = np.where(has, x1 - sub[:, ::-1].argmax(axis=1), -1)
+        return first, end
+
+    def strips(self, index: int, window: tuple, reach: float, height: int) -> list[tuple[tuple, tuple]]:
+        """(out, inp) tile boxes covering a piece's window with disjoint out boxes.
+
+        A dense or short piece is one strip (out = inp = window). A sparse tall one is cut into
+        strips ``height`` tiles high: out = the strip's rows x the columns the layer reaches from
+        its pixels within ``reach`` of those rows; inp = out plus ``reach`` rows above and below
+        (what the blur of out reads).
+        """
+        rt = int(math.ceil(reach / self.tile))
+        wy0, wy1 = max(window[0], 0), min(window[1], self.nty)
+        wx0, wx1 = max(window[2], 0), min(window[3], self.ntx)
+        height = max(height, 2 * rt)
+        sub = self.grid[index, wy0:wy1, wx0:wx1]
+        if wy1 - wy0 < 2 * height or sub.mean() > _DENSE:
+            return [(window, window)]
+        first, end = self.spans(index, (wy0, wy1, wx0, wx1))
         out = []
-        for core, window in _merge_overlapping(boxes):
-            wy0, wy1 = max(window[0], 0), min(window[1], self.nty)
-            wx0, wx1 = max(window[2], 0), min(window[3], self.ntx)
-            sub = grid[wy0:wy1, wx0:wx1]
-            strip = max(_STRIP_TILES, 2 * rt)
-            if align > t or wy1 - wy0 < 2 * strip or sub.mean() > _DENSE:
-                out.append(tuple(_to_pixels(b, t, align, h, w) for b in (window, window, core)))
-                continue
-            rows = sub.any(axis=1)
-            for y in range(wy0, wy1, strip):
-                r0, r1 = max(y - rt, wy0), min(y + strip + rt, wy1)
-                if not rows[r0 - wy0 : r1 - wy0].any():
-                    continue  # no pixel of the layer within reach of these rows
-                band = grid[r0:r1, wx0:wx1]
-                cols = np.flatnonzero(band.any(axis=0))
-                c0, c1 = wx0 + cols[0], wx0 + cols[-1] + 1
-                ys = np.flatnonzero(band.any(axis=1))
-                core_box = (r0 + ys[0], r0 + ys[-1] + 1, c0, c1)
-                x0, x1 = max(c0 - rt, wx0), min(c1 + rt, wx1)
-                out_box, in_box = (y, min(y + strip, wy1), x0, x1), (r0, r1, x0, x1)
-                out.append(tuple(_to_pixels(b, t, align, h, w) for b in (out_box, in_box, core_box)))
+        for y in range(wy0, wy1, height):
+            r0, r1 = max(y - rt, wy0), min(y + height + rt, wy1)
+            f, e = first[r0 - wy0 : r1 - wy0], end[r0 - wy0 : r1 - wy0]
+            if not (e > 0).any():
+                continue  # no pixel of the layer within reach of these rows
+            c0 = max(int(f[f >= 0].min()) - rt, wx0)
+            c1 = min(int(e.max()) + rt, wx1)
+            out.append(((y, min(y + height, wy1), c0, c1), (r0, r1, c0, c1)))
+        return out
+
+    def blocks(self, index: int, core: tuple, height: int) -> list[tuple]:
+        """Disjoint tile boxes, ``height`` rows each, holding all of a piece's pixels."""
+        first, end = self.spans(index, core)
+        y0 = max(core[0], 0)
+        out = []
+        for r in range(0, len(first), height):
+            f, e = first[r : r + height], end[r : r + height]
+            if (e > 0).any():
+                out.append((y0 + r, y0 + r + len(f), int(f[f >= 0].min()), int(e.max())))
         return out
 
 
 def _grid_box(grid: np.ndarray, rt: int) -> tuple[tuple, tuple]:
     rows, cols = np.flatnonzero(grid.any(axis=1)), np.flatnonzero(grid.any(axis=0))
-    core = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+    core = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
     return core, (core[0] - rt, core[1] + rt, core[2] - rt, core[3] + rt)
 
 
@@ -448,18 +469,33 @@ def _premultiplied(rgba: np.ndarray, labels: np.ndarray, index: int, box) -> np.
 
 
 def _render_full_res_layer(acc, rgba, labels, index, sigma, presence) -> None:
-    """Level 0: blur each part of the layer on its box plus a margin wider than cv2's kernel
-    (radius <= 4 sigma + 1.25); inside the frame the margin holds zeros, so cv2's border rule
-    changes nothing there."""
+    """Level 0: blur the layer exactly like the reference, on its pieces (strips of sparse ones)
+    plus a margin wider than cv2's kernel (radius <= 4 sigma + 1.25); inside the frame the
+    margin holds zeros, so cv2's border rule changes nothing there."""
+    h, w = labels.shape
+    t = presence.tile
     if sigma == 0:
-        for (y0, y1, x0, x1), _, _ in presence.parts(index, 0, 1):
+        for core, _ in presence.pieces(index, 0, 1):
+            y0, y1, x0, x1 = _to_pixels(core, t, 1, h, w)
             sub = labels[y0:y1, x0:x1] == index
             acc[y0:y1, x0:x1][sub] = rgba[y0:y1, x0:x1][sub]
         return
-    for out, inp, _ in presence.parts(index, 4.0 * sigma + 2.0, 1):
-        blurred = cv2.GaussianBlur(_premultiplied(rgba, labels, index, inp), (0, 0), sigma)
-        _over(acc[out[0] : out[1], out[2] : out[3]],
-              blurred[out[0] - inp[0] : out[1] - inp[0], out[2] - inp[2] : out[3] - inp[2]])
+    reach = _reach(sigma, 0, sigma)
+    for _, window in presence.pieces(index, reach, 1):
+        for out_t, inp_t in presence.strips(index, window, reach, _STRIP_TILES):
+            out, inp = _to_pixels(out_t, t, 1, h, w), _to_pixels(inp_t, t, 1, h, w)
+            blurred = cv2.GaussianBlur(_premultiplied(rgba, labels, index, inp), (0, 0), sigma)
+            _over(acc[out[0] : out[1], out[2] : out[3]],
+                  blurred[out[0] - inp[0] : out[1] - inp[0], out[2] - inp[2] : out[3] - inp[2]])
+
+
+def _reach(sigma: float, k: int, residual: float) -> float:
+    """How far (full-resolution px) a layer's blur reaches beyond its pixels: cv2's kernel
+    (radius <= 4 sigma + 1.25) at level 0; at level k the residual kernel plus the pyrDown and
+    pyrUp supports (2 px each), in px of level k."""
+    if k == 0:
+        return 4.0 * sigma + 2.0
+    return float((math.ceil(4.0 * residual) + 6) * (1 << k))
 
 
 def _level_sizes(height: int, width: int, k: int) -> list[tuple[int, int]]:
@@ -470,46 +506,133 @@ def _level_sizes(height: int, width: int, k: int) -> list[tuple[int, int]]:
     return sizes
 
 
-def _render_group(acc, rgba, labels, members, k, residuals, presence) -> None:
-    """Layers sharing pyramid level k >= 1: each part is reduced k times with pyrDown (only its
-    core plus pyrDown's support), blurred and composited at level k; the group is brought back
-    to full resolution once."""
+def _run_blocks(grid: np.ndarray, ring: int) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
+    """Cover the set tiles of ``grid`` with boxes (r0, r1, c0, c1) that hug them.
+
+    Each tile row is cut into runs of set tiles; a run joins the box above it (one that reached
+    the previous row and overlaps it) when the merged box costs no more than the two apart,
+    counting a ring of ``ring`` tiles around each box and a fixed cost per box. A vertical line
+    becomes one tall thin box, the two sides of a U two boxes, not the U's bounding box.
+    Boxes may overlap; ``owner`` (same shape as grid, -1 where unset) says which box each tile
+    belongs to, so that no pixel is taken twice.
+    """
+    rows, cols = grid.shape
+    padded = np.zeros((rows, cols + 2), np.int8)
+    padded[:, 1:-1] = grid
+    step = np.diff(padded, axis=1)
+    run_rows, starts = np.nonzero(step == 1)
+    ends = np.nonzero(step == -1)[1]
+    owner = np.full(grid.shape, -1, np.int32)
+    boxes: list[list[int]] = []
+    open_boxes: list[int] = []
+    for r, c0, c1 in zip(run_rows.tolist(), starts.tolist(), ends.tolist()):
+        open_boxes = [i for i in open_boxes if boxes[i][1] >= r]
+        for i in open_boxes:
+            b = boxes[i]
+            if b[1] != r or c0 > b[3] or c1 < b[2]:
+                continue
+            u0, u1 = min(b[2], c0), max(b[3], c1)
+            height = b[1] - b[0]
+            merged = (height + 1 + 2 * ring) * (u1 - u0 + 2 * ring)
+            apart = (height + 2 * ring) * (b[3] - b[2] + 2 * ring) + (1 + 2 * ring) * (c1 - c0 + 2 * ring)
+            if merged <= apart + _BLOCK_COST:
+                b[1], b[2], b[3] = r + 1, u0, u1
+                owner[r, c0:c1] = i
+                break
+        else:
+            owner[r, c0:c1] = len(boxes)
+            open_boxes.append(len(boxes))
+            boxes.append([r, r + 1, c0, c1])
+    return [tuple(b) for b in boxes], owner
+
+
+def _reduced_piece(rgba, labels, index, presence, core_t, window, k) -> np.ndarray:
+    """pyrDown^k of a piece's premultiplied pixels, on the piece window at level k.
+
+    pyrDown is linear, so the piece is reduced in blocks (tile rows hugging the layer's columns,
+    shrunk to the exact box of their pixels) and the results are added. Each block gets its ring
+    of zeros one level at a time, so a thin contour costs about its own area plus a few pixels
+    of its length per level, not its bounding box and not the 2 (2^k - 1) px ring of k steps.
+    """
     h, w = labels.shape
-    f = 1 << k
+    t, f = presence.tile, 1 << k
+    wy0, wy1, wx0, wx1 = window
+    out = np.zeros((-(-wy1 // f) - wy0 // f, -(-wx1 // f) - wx0 // f, 4), np.float32)
+    cy0, cy1 = max(core_t[0], 0), min(core_t[1], presence.nty)
+    cx0, cx1 = max(core_t[2], 0), min(core_t[3], presence.ntx)
+    blocks, owner = _run_blocks(presence.grid[index, cy0:cy1, cx0:cx1], 1)
+    for number, (r0, r1, c0, c1) in enumerate(blocks):
+        by0, by1 = (cy0 + r0) * t, min((cy0 + r1) * t, h)
+        bx0, bx1 = (cx0 + c0) * t, min((cx0 + c1) * t, w)
+        mask = cv2.compare(labels[by0:by1, bx0:bx1], index, cv2.CMP_EQ)
+        own = owner[r0:r1, c0:c1] == number
+        if not own.all():  # the box covers tiles of another block: leave their pixels to it
+            own = cv2.resize(own.view(np.uint8) * np.uint8(255), None, fx=t, fy=t,
+                             interpolation=cv2.INTER_NEAREST)
+            cv2.bitwise_and(mask, own[: by1 - by0, : bx1 - bx0], dst=mask)
+        # shrink the tile block to the exact box of its pixels (tiles are coarse on big
+        # photos), keeping an even origin for the next level's grid
+        x, y, bw, bh = cv2.boundingRect(mask)
+        y0, x0 = y - y % 2, x - x % 2
+        mask = mask[y0 : y + bh, x0 : x + bw]
+        by0, bx0 = by0 + y0, bx0 + x0
+        by1, bx1 = by0 + mask.shape[0], bx0 + mask.shape[1]
+        # the first ring of zeros is allocated with the block: 4 px before (keeps the origin
+        # even), 3 after
+        block = np.zeros((by1 - by0 + 7, bx1 - bx0 + 7, 4), np.float32)
+        cv2.copyTo(rgba[by0:by1, bx0:bx1], mask, block[4:-3, 4:-3])
+        block = cv2.pyrDown(block)
+        oy, ox = (by0 - 4) // 2, (bx0 - 4) // 2  # the block's origin at the current level
+        for _ in range(k - 1):
+            # pyrDown reads 2 px beyond a sample and reflects at the array's edges, so 3 px of
+            # zeros on each side keep the reflection empty; one more keeps the origin even
+            py, px = 3 + (oy - 3) % 2, 3 + (ox - 3) % 2
+            block = cv2.copyMakeBorder(block, py, 3, px, 3, cv2.BORDER_CONSTANT, value=_ZERO4)
+            block = cv2.pyrDown(block)
+            oy, ox = (oy - py) // 2, (ox - px) // 2
+        oy, ox = oy - wy0 // f, ox - wx0 // f
+        sy, sx = max(-oy, 0), max(-ox, 0)
+        ey, ex = min(block.shape[0], out.shape[0] - oy), min(block.shape[1], out.shape[1] - ox)
+        if ey > sy and ex > sx:
+            region = out[oy + sy : oy + ey, ox + sx : ox + ex]
+            cv2.add(region, block[sy:ey, sx:ex], dst=region)
+    return out
+
+
+def _render_group(acc, rgba, labels, members, k, residuals, presence) -> None:
+    """Layers sharing pyramid level k >= 1: each piece is reduced k times with pyrDown, blurred
+    and composited at level k (in strips if sparse); the group is brought back to full
+    resolution once."""
+    h, w = labels.shape
+    t, f = presence.tile, 1 << k
     plans = []
     for index in members:
-        # reach of the blurred layer: the residual kernel (4 sigma_r + 1.25 px of level k),
-        # pyrDown's and pyrUp's supports (2 px each), in full-resolution px
-        reach = (math.ceil(4.0 * residuals[index]) + 6) * f
-        for out, inp, core in presence.parts(index, reach, f):
-            plans.append((index, out, inp, core))
-    gy0 = min(p[1][0] for p in plans) // f
-    gy1 = -(-max(p[1][1] for p in plans) // f)
-    gx0 = min(p[1][2] for p in plans) // f
-    gx1 = -(-max(p[1][3] for p in plans) // f)
+        reach = _reach(0.0, k, residuals[index])
+        for core, window in presence.pieces(index, reach, f):
+            plans.append((index, core, window, reach))
+    boxes = [_to_pixels(p[2], t, f, h, w) for p in plans]
+    gy0 = min(b[0] for b in boxes) // f
+    gy1 = -(-max(b[1] for b in boxes) // f)
+    gx0 = min(b[2] for b in boxes) // f
+    gx1 = -(-max(b[3] for b in boxes) // f)
     group = np.zeros((gy1 - gy0, gx1 - gx0, 4), np.float32)
 
     def down(box):  # a full-resolution box at level k
         return box[0] // f, -(-box[1] // f), box[2] // f, -(-box[3] // f)
 
-    for index, out, inp, core in plans:
-        # pyrDown reads 2 (2^k - 1) full-res px around the core: take a 2f-px ring of zeros
-        ext = (max(core[0] - 2 * f, inp[0]), min(core[1] + 2 * f, inp[1]),
-               max(core[2] - 2 * f, inp[2]), min(core[3] + 2 * f, inp[3]))
-        small = _premultiplied(rgba, labels, index, ext)
-        for _ in range(k):
-            small = cv2.pyrDown(small)
-        iy0, iy1, ix0, ix1 = down(inp)
-        ey0, ex0 = ext[0] // f, ext[2] // f
-        small = cv2.copyMakeBorder(
-            small, ey0 - iy0, iy1 - ey0 - small.shape[0], ex0 - ix0, ix1 - ex0 - small.shape[1],
-            cv2.BORDER_CONSTANT, value=_ZERO4,
-        )
-        if residuals[index] > 0:
-            small = cv2.GaussianBlur(small, (0, 0), float(residuals[index]))
-        oy0, oy1, ox0, ox1 = down(out)
-        _over(group[oy0 - gy0 : oy1 - gy0, ox0 - gx0 : ox1 - gx0],
-              small[oy0 - iy0 : oy1 - iy0, ox0 - ix0 : ox1 - ix0])
+    for (index, core, window_t, reach), window in zip(plans, boxes):
+        reduced = _reduced_piece(rgba, labels, index, presence, core, window, k)
+        wy0, _, wx0, _ = down(window)
+        strips = [(window_t, window_t)] if f > t else presence.strips(
+            index, window_t, reach, max(_STRIP_TILES, 16 * f // t))
+        for out_t, inp_t in strips:
+            oy0, oy1, ox0, ox1 = down(_to_pixels(out_t, t, f, h, w))
+            iy0, iy1, ix0, ix1 = down(_to_pixels(inp_t, t, f, h, w))
+            blurred = reduced[iy0 - wy0 : iy1 - wy0, ix0 - wx0 : ix1 - wx0]
+            if residuals[index] > 0:
+                blurred = cv2.GaussianBlur(blurred, (0, 0), float(residuals[index]))
+            _over(group[oy0 - gy0 : oy1 - gy0, ox0 - gx0 : ox1 - gx0],
+                  blurred[oy0 - iy0 : oy1 - iy0, ox0 - ix0 : ox1 - ix0])
 
     fy0, fy1, fx0, fx1 = gy0 * f, min(gy1 * f, h), gx0 * f, min(gx1 * f, w)
     sizes = _level_sizes(fy1 - fy0, fx1 - fx0, k)
@@ -544,9 +667,7 @@ def render_layers(
     # largest blur and pyramid support; edge effects of the reduced levels then stay outside
     # the image. Beyond max_margin a huge blur sees zeros instead, which the final division by
     # alpha turns into a renormalised kernel.
-    reach = max(
-        (4.0 * s + 4.0 * (1 << k) + 2.0 for s, (k, _) in zip(sigmas, plan) if s > 0), default=0.0
-    )
+    reach = max((_reach(s, k, r) for s, (k, r) in zip(sigmas, plan) if s > 0), default=0.0)
     pad = min(int(math.ceil(reach)), max_margin)
     rgba = cv2.copyMakeBorder(_rgba(np.ascontiguousarray(rgb)), pad, pad, pad, pad,
                               cv2.BORDER_REFLECT_101)
