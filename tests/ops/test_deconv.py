@@ -157,16 +157,20 @@ def test_constant_image_stays_constant() -> None:
     np.testing.assert_allclose(out, 0.37, atol=1e-4)
 
 
-def test_gain_sigma2_one_percent_noise() -> None:
-    """Known Gaussian sigma 2 plus 1 % noise: >= 3 dB PSNR gain (measured ~4 dB)."""
+@pytest.mark.parametrize(("lam", "min_gain"), [(None, 3.0), (2000.0, 3.5)])
+def test_gain_sigma2_one_percent_noise(lam: float | None, min_gain: float) -> None:
+    """Known Gaussian sigma 2 plus 1 % noise: >= 3 dB PSNR gain with the defaults (measured
+    3.15 dB; they are tuned for JPEG photos) and more with lam = 2000 (measured 4.15 dB),
+    the better data weight for clean input with white noise."""
     rng = np.random.default_rng(0)
     sharp = synthetic_scene(rng)
     kernel = gaussian_kernel(2.0)
     noisy = blur(sharp, kernel) + rng.normal(0, 0.01, sharp.shape).astype(np.float32)
-    out = np.clip(deconvolve(noisy, kernel), 0, 1)
+    cfg = DeconvConfig() if lam is None else DeconvConfig(lam=lam)
+    out = np.clip(deconvolve(noisy, kernel, cfg), 0, 1)
     assert out.shape == sharp.shape and out.dtype == np.float32
     gain = psnr(out, sharp) - psnr(noisy, sharp)
-    assert gain >= 3.0, gain
+    assert gain >= min_gain, gain
 
 
 @pytest.mark.parametrize("sigma", [2.0, 4.0])
