@@ -1,0 +1,125 @@
+"""`defocus deblur` command line: formats, bit depth, --map forms, estimation, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+from typer.testing import CliRunner
+
+from defocus_cli.cli import app
+from defocus_cli.io.images import read_image, write_image
+
+runner = CliRunner()
+
+
+def _sharp(h: int = 48, w: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    small = rng.uniform(0.1, 0.9, (h // 8, w // 8, 3)).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def _blurred_photo(path, bit_depth=8, sigma=2.0):
+    sharp = _sharp()
+    write_image(path, cv2.GaussianBlur(sharp, (0, 0), sigma, borderType=cv2.BORDER_REFLECT),
+                bit_depth=bit_depth)
+    return sharp
+
+
+def _map(path, value=2.0, h=48, w=64):
+    np.save(path, np.full((h, w), value, np.float32))
+    return path
+
+
+def _psnr(a, b):
+    return 10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def test_png16_in_png16_out_and_sharper(tmp_path):
+    sharp = _blurred_photo(tmp_path / "p.png", bit_depth=16)
+    _map(tmp_path / "p.defocus.npy")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map",
+                                 str(tmp_path / "p.defocus.npy"), "-o", str(out), "--lam", "2000",
+                                 "--channels", "rgb", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    written = cv2.imread(str(out / "p.deblurred.png"), cv2.IMREAD_UNCHANGED)
+    assert written.dtype == np.uint16 and written.shape == (48, 64, 3)
+    restored = read_image(out / "p.deblurred.png").pixels
+    blurred = read_image(tmp_path / "p.png").pixels
+    assert _psnr(restored, sharp) > _psnr(blurred, sharp) + 3.0
+
+
+def test_jpeg_and_map_folder_for_several_photos_then_skip(tmp_path):
+    (tmp_path / "maps").mkdir()
+    for name in ("a", "b"):
+        _blurred_photo(tmp_path / f"{name}.jpg")
+        _map(tmp_path / "maps" / f"{name}.defocus.npy")
+    args = ["deblur", str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"),
+            "--map", str(tmp_path / "maps"), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("a", "b"):
+        out = read_image(tmp_path / f"{name}.deblurred.jpg")
+        assert out.format == "JPEG" and out.bit_depth == 8 and out.pixels.shape == (48, 64, 3)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "skipped" in again.output
+
+
+def test_map_of_another_resolution_is_rescaled(tmp_path):
+    sharp = _blurred_photo(tmp_path / "p.png", bit_depth=16)
+    _map(tmp_path / "half.npy", value=1.0, h=24, w=32)  # sigma 1 px at half size = 2 px here
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(tmp_path / "half.npy"),
+                                 "--lam", "2000", "--channels", "rgb", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "2.00" in result.output  # max sigma at the photo's resolution
+    restored = read_image(tmp_path / "p.deblurred.png").pixels
+    assert _psnr(restored, sharp) > _psnr(read_image(tmp_path / "p.png").pixels, sharp) + 3.0
+
+
+def test_usage_errors(tmp_path):
+    _blurred_photo(tmp_path / "p.png")
+    _blurred_photo(tmp_path / "q.png")
+    m = _map(tmp_path / "m.npy")
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), str(tmp_path / "q.png"), "--map", str(m)])
+    assert result.exit_code == 2 and "one map file fits one photo" in result.output
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(m), "--alpha", "1.5"])
+    assert result.exit_code == 2 and "--alpha must be in (0, 1]" in result.output
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(m), "--lam", "0"])
+    assert result.exit_code == 2 and "--lam must be > 0" in result.output
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(m), "--channels", "lab"])
+    assert result.exit_code == 2 and "channels" in result.output
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((10, 40), np.float32))
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(wrong)])
+    assert result.exit_code == 2 and "wrong.npy" in result.output
+    assert not (tmp_path / "p.deblurred.png").exists()
+
+
+def test_bad_photo_fails_alone(tmp_path):
+    _blurred_photo(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "maps").mkdir()
+    _map(tmp_path / "maps" / "good.defocus.npy")
+    _map(tmp_path / "maps" / "bad.defocus.npy")
+    result = runner.invoke(app, ["deblur", str(tmp_path / "bad.png"), str(tmp_path / "good.png"),
+                                 "--map", str(tmp_path / "maps"), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "bad.png" in result.output and (tmp_path / "good.deblurred.png").is_file()
+    assert not (tmp_path / "bad.deblurred.png").exists()
+
+
+def test_estimates_the_map_without_map(tmp_path, tiny_weights):
+    _blurred_photo(tmp_path / "p.png")
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--weights", str(tiny_weights),
+                                 "--device", "cpu", "--working-size", "0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.deblurred.png").is_file() and "estimated" in result.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, defocus_cli.cli.deblur; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
