@@ -87,7 +87,7 @@ def _depth_one(photo: Path, output: Path | None, focus: str, flags: dict, map_op
     image = read_image(photo)
     sigma, origin = obtain_map(photo, image, map_opt, estimator, working_size)
     w, h = image.size
-    known = lens_from_exif(image.exif, w)
+    known = lens_from_exif(image.exif, w, h)
     sources = {k: "exif" for k in known}
     for k, v in flags.items():
         if v is not None:
@@ -121,5 +121,9 @@ def _depth_one(photo: Path, output: Path | None, focus: str, flags: dict, map_op
         "input": {"path": str(photo), "width": w, "height": h},
         "defocus_version": __version__,
     })
-    return {"size": f"{w}x{h}", "kind": result.kind,
-            "range": f"{float(shown.min()):.2f}-{far:.2f} {'m' if result.kind == 'metric' else 'S1'}"}
+    row = {"size": f"{w}x{h}", "kind": result.kind,
+           "range": f"{float(shown.min()):.2f}-{far:.2f} {'m' if result.kind == 'metric' else 'S1'}"}
+    if result.beyond:
+        # blur no depth on the --focus side explains: say so where people look, not only in JSON
+        row["beyond ∞"] = f"{100 * result.beyond / result.depth.size:.1f}%"
+    return row

@@ -27,6 +27,8 @@ Focus = Literal["near", "far"]
 #: pseudo-depth assumes alpha = this factor x the largest CoC of the map, so the blurriest pixel
 #: maps to a finite depth (5x the focus distance for focus=near, 1/5 of it for focus=far)
 PSEUDO_ALPHA_MARGIN = 1.25
+#: diagonal of a 36 x 24 mm frame, the reference of FocalLengthIn35mmFilm
+FULL_FRAME_DIAGONAL_MM = float(np.hypot(36.0, 24.0))
 #: EXIF FocalPlaneResolutionUnit -> millimetres per unit
 _EXIF_UNIT_MM = {1: None, 2: 25.4, 3: 10.0, 4: 1.0, 5: 1e-3}
 
@@ -116,26 +118,39 @@ def depth_from_sigma(sigma: np.ndarray, config: DepthConfig = DepthConfig()) -> 
     return DepthResult(depth, "metric", "metres", alpha, config.focus, notes, beyond)
 
 
-def lens_from_exif(exif: dict[str, Any], image_width: int) -> dict[str, float]:
+def lens_from_exif(exif: dict[str, Any], image_width: int, image_height: int = 0) -> dict[str, float]:
     """What EXIF gives of LensParams' fields (missing ones are left out).
 
-    The pixel pitch comes from FocalPlaneXResolution (pixels per unit on the sensor) and is
-    scaled to ``image_width`` when ExifImageWidth says the photo was resized.
+    image_width, image_height: the photo as read (EXIF orientation applied). The pixel pitch
+    must be that of this resolution, since the map is in its pixels:
+
+    - from FocalPlaneXResolution (sensor pixels per unit), scaled by ExifImageWidth / the
+      photo's width along the same sensor axis when the photo was resized (a photo rotated by
+      its EXIF orientation has the sensor's x axis vertical);
+    - else from FocalLengthIn35mmFilm: the crop factor gives the sensor diagonal
+      (43.27 mm / crop), spread over the photo's pixel diagonal.
     """
     out: dict[str, float] = {}
-    if exif.get("FocalLength", 0) > 0:
-        out["focal_length_mm"] = float(exif["FocalLength"])
+    focal = float(exif.get("FocalLength", 0) or 0)
+    if focal > 0:
+        out["focal_length_mm"] = focal
     if exif.get("FNumber", 0) > 0:
         out["f_number"] = float(exif["FNumber"])
     distance = exif.get("SubjectDistance")
     if isinstance(distance, float) and 0 < distance < 1e6:  # 0 = unknown, 0xFFFFFFFF = infinity
         out["focus_distance_m"] = float(distance)
+    rotated = int(exif.get("Orientation", 1) or 1) in (5, 6, 7, 8)
+    sensor_x_px = image_height if rotated and image_height > 0 else image_width
     res = exif.get("FocalPlaneXResolution", 0)
     unit_mm = _EXIF_UNIT_MM.get(int(exif.get("FocalPlaneResolutionUnit", 2) or 2))
+    f35 = float(exif.get("FocalLengthIn35mmFilm", 0) or 0)
     if res and res > 0 and unit_mm:
         pitch_um = unit_mm / res * 1000
         exif_width = exif.get("ExifImageWidth")
-        if exif_width and exif_width > 0 and image_width > 0:
-            pitch_um *= float(exif_width) / image_width
+        if exif_width and exif_width > 0 and sensor_x_px > 0:
+            pitch_um *= float(exif_width) / sensor_x_px
         out["pixel_pitch_um"] = pitch_um
+    elif f35 > 0 and focal > 0 and image_width > 0 and image_height > 0:
+        diagonal_mm = FULL_FRAME_DIAGONAL_MM * focal / f35
+        out["pixel_pitch_um"] = diagonal_mm / float(np.hypot(image_width, image_height)) * 1000
     return out

@@ -48,3 +48,37 @@ def test_partial_lens_flags_are_a_clear_error(tmp_path):
     r = runner.invoke(app, ["depth", str(tmp_path / "p.png"), "--map", str(tmp_path / "m.npy"),
                             "--focus", "middle"])
     assert r.exit_code == 2 and "--focus must be near or far" in r.output
+
+
+def test_map_at_another_resolution_gives_the_same_metric_depth(tmp_path):
+    """A map is in pixels of the image it was computed for: a half-size map has half the sigma,
+    and once rescaled to the photo the depth must not change (pitch given at the photo's size)."""
+    write_image(tmp_path / "p.png", np.full((20, 30, 3), 0.5, np.float32))
+    full = np.full((20, 30), 0.4, np.float32)
+    full[:, 16:] = 1.2
+    save_npy(tmp_path / "full.npy", full)
+    save_npy(tmp_path / "half.npy", full[::2, ::2] / 2)
+    lens = ["--focal-length", "35", "--f-number", "2.8", "--focus-distance", "1.7", "--pixel-pitch", "36"]
+    depths = []
+    for name in ("full", "half"):
+        out = tmp_path / name
+        r = runner.invoke(app, ["depth", str(tmp_path / "p.png"), "--map", str(tmp_path / f"{name}.npy"),
+                                "-o", str(out), *lens])
+        assert r.exit_code == 0, r.output
+        depths.append(np.load(out / "p.depth.npy"))
+    assert depths[1].shape == (20, 30)
+    for region in (np.s_[:, :12], np.s_[:, 20:]):  # away from the resampled step
+        assert np.allclose(depths[1][region], depths[0][region], rtol=1e-4)
+    assert depths[0][0, 0] < depths[0][0, -1]
+
+
+def test_blur_beyond_infinity_is_reported_in_the_summary(tmp_path):
+    write_image(tmp_path / "p.png", np.full((8, 8, 3), 0.5, np.float32))
+    save_npy(tmp_path / "m.npy", np.full((8, 8), 5.0, np.float32))  # c = 20 px > alpha = 7.3 px
+    r = runner.invoke(app, ["depth", str(tmp_path / "p.png"), "--map", str(tmp_path / "m.npy"),
+                            "--focal-length", "35", "--f-number", "2.8", "--focus-distance", "1.7",
+                            "--pixel-pitch", "36"])
+    assert r.exit_code == 0, r.output
+    assert "beyond" in r.output and "100.0%" in r.output
+    meta = json.loads((tmp_path / "p.depth.json").read_text())
+    assert meta["pixels_beyond_invertible_range"] == 64

@@ -62,3 +62,18 @@ def test_lens_from_exif_scales_the_pitch_to_the_photo():
     assert lens == pytest.approx({"focal_length_mm": 50.0, "f_number": 1.8, "focus_distance_m": 2.5,
                                   "pixel_pitch_um": 4.0})
     assert lens_from_exif({"SubjectDistance": 0.0}, 100) == {}
+
+
+def test_lens_from_exif_follows_the_orientation():
+    # sensor 6000 px wide; the photo is stored rotated (portrait) and downscaled 2x: 2000x3000
+    exif = {"FocalPlaneXResolution": 1000.0, "FocalPlaneResolutionUnit": 4, "ExifImageWidth": 6000.0,
+            "Orientation": 6}
+    assert lens_from_exif(exif, 2000, 3000)["pixel_pitch_um"] == pytest.approx(2.0)
+
+
+def test_lens_from_exif_pitch_from_35mm_equivalent():
+    # a 1.5x crop sensor (diagonal 28.85 mm) as a 3000x2000 photo: pitch = 28.85 mm / 3606 px
+    exif = {"FocalLength": 20.0, "FocalLengthIn35mmFilm": 30.0}
+    pitch = lens_from_exif(exif, 3000, 2000)["pixel_pitch_um"]
+    assert pitch == pytest.approx(np.hypot(36, 24) / 1.5 / np.hypot(3000, 2000) * 1000)
+    assert pitch == pytest.approx(8.0, rel=0.01)  # 24 mm / 3000 px
