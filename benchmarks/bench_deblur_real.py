@@ -1,7 +1,10 @@
 """Deblurring real f/2.8 photos of dfd-indoor against their f/8 shots (PSNR / SSIM change).
 
     python benchmarks/bench_deblur_real.py [--scenes N] [--lam L] [--alpha A] [--layers K]
-                                           [--sigma-scale S] [--estimated WEIGHTS]
+                                           [--sigma-scale S] [--ceiling] [--estimated MODEL|FILE]
+
+--estimated deblurs with maps estimated by the network (registry name or weights file)
+instead of the ground-truth maps; alignment and exposure still use the ground-truth map.
 
 Data: ../shared/data/rgbd/dfd-indoor (never copied into the repository). Per scene:
 
@@ -160,6 +163,9 @@ def main() -> None:
     ap.add_argument("--sigma-scale", type=float, default=1.0, help="multiply the map by this")
     ap.add_argument("--ceiling", action="store_true", help="also fit the linear 9x9 ceiling")
     ap.add_argument("--device", default="cpu", help="torch device for the FFTs, or 'numpy'")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: see benchmarks/README)")
+    ap.add_argument("--estimated", default=None,
+                    help="deblur with maps estimated by this model name or weights file")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"dfd-indoor not found at {DATA}")
@@ -167,8 +173,18 @@ def main() -> None:
     if args.scenes:
         step = max(1, len(scenes) // args.scenes)
         scenes = scenes[args.offset::step][: args.scenes]
+    import torch
+
+    torch.set_num_threads(args.threads)
     cfg = DeblurConfig(deconv=DeconvConfig(lam=args.lam, alpha=args.alpha), layers=args.layers)
     device = None if args.device == "numpy" else args.device
+    estimator = None
+    if args.estimated:
+        from defocus_cli.cli.common import load_estimator
+
+        as_file = Path(args.estimated)
+        estimator = load_estimator(weights=as_file) if as_file.suffix == ".pt" else \
+            load_estimator(model=args.estimated)
     rows = []
     t0 = time.perf_counter()
     for name in scenes:
@@ -176,7 +192,8 @@ def main() -> None:
         sharp = read_image(DATA / "allinfocus" / f"{name}.jpg").pixels
         sigma = gt_sigma(DATA / "depth" / f"{name}.png")
         ref = aligned_reference(blurry, sharp, sigma)
-        out = deblur(blurry, sigma * args.sigma_scale, cfg, device=device).image
+        used = sigma if estimator is None else estimator.estimate(blurry).sigma
+        out = deblur(blurry, used * args.sigma_scale, cfg, device=device).image
         row = [psnr(blurry, ref), psnr(out, ref), ssim(blurry, ref), ssim(out, ref)]
         if args.ceiling:
             row.append(linear_ceiling(blurry, ref))
@@ -187,8 +204,9 @@ def main() -> None:
               + (f" | linear 9x9 ceiling {row[4]:+.2f} dB" if args.ceiling else ""), flush=True)
     r = np.array(rows)
     d = r[:, 1] - r[:, 0]
-    print(f"\n{len(rows)} scenes, lam={args.lam:g} alpha={args.alpha:.3g} layers={args.layers} "
-          f"sigma-scale={args.sigma_scale:g}, {time.perf_counter() - t0:.0f} s")
+    maps = f"maps estimated by {args.estimated}" if args.estimated else "ground-truth maps"
+    print(f"\n{len(rows)} scenes, {maps}, lam={args.lam:g} alpha={args.alpha:.3g} "
+          f"layers={args.layers} sigma-scale={args.sigma_scale:g}, {time.perf_counter() - t0:.0f} s")
     print(f"PSNR  input {r[:, 0].mean():.2f} dB -> deblurred {r[:, 1].mean():.2f} dB: "
           f"mean change {d.mean():+.2f} dB (median {np.median(d):+.2f}, worst {d.min():+.2f}, "
           f"best {d.max():+.2f}, {np.mean(d > 0) * 100:.0f}% of scenes improved)")
