@@ -2,17 +2,23 @@
 
 The paper deconvolves "the decomposed layers" and composes them. Here:
 
-1. The map's sigma range above ``sharp_sigma`` is cut into ``layers`` equally spaced levels
-   s_1 < ... < s_N; level s_0 = sharp_sigma stands for the input itself (nothing to undo).
-2. Each pixel takes a convex combination of the two levels around its sigma (linear in sigma,
-   optionally steepened by ``blend``), so the result varies continuously with the map and no
-   seam appears where the map crosses a level.
-3. Layer k is deconvolved (ops.deconv, Gaussian kernel of s_k) only on the image tiles where
-   some pixel uses it, each tile with a context margin of a few s_k. Tiles overlap and are
-   cross-faded with a partition of unity, so tile borders leave no seam either.
+1. The map's sigma range above ``sharp_sigma`` is cut into ``layers`` levels
+   s_1 < ... < s_N (geometric by default); level s_0 = sharp_sigma stands for the input itself.
+2. Each pixel takes a convex combination of the two levels around its sigma (linear in
+   sigma), so the result varies continuously with the map: no seam where the map crosses a
+   level.
+3. Level k is deconvolved (ops.deconv, Gaussian kernel of s_k) only where some pixel uses it:
+   on the 512 px tiles that contain such pixels, cropped to their bounding box, each with a
+   context margin of a few s_k. Tiles overlap and are cross-faded with a partition of unity,
+   so tile borders leave no seam either.
+4. Context that is sharper than the level (another depth) is marked unknown and extrapolated
+   from the level's own pixels, so a depth edge does not ring into them; levels with a large
+   sigma are solved on a box-downsampled frame, which loses nothing the blur left.
+5. Pixels near clipped highlights keep the input (clipping breaks the blur model); by default
+   only the luma is deconvolved and its change added to R, G and B.
 
-Memory is bounded by one tile's frame plus the full-size output accumulator; the work is
-proportional to the area each layer actually covers.
+Memory is bounded by one tile's frame plus the full-size output; the work is proportional to
+the area each level actually covers (benchmarks/README.md, "deblur").
 """
 
 from __future__ import annotations
