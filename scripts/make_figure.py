@@ -32,9 +32,9 @@ def defocus(*args: str) -> None:
 def tile(rgb: np.ndarray, title: str, width: int) -> np.ndarray:
     h = round(rgb.shape[0] * width / rgb.shape[1])
     img = cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA)
-    bar = np.ones((28, width, 3), np.float32)
+    bar = np.full((28, width, 3), 255, np.uint8)
     cv2.putText(bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([bar, img], axis=0)
+    return np.concatenate([bar.astype(np.float32) / 255, img], axis=0)
 
 
 def main() -> None:
