@@ -76,3 +76,12 @@ def test_module_prefix_from_ddp_is_stripped(tmp_path, tiny_weights):
     pt.with_suffix(".json").write_text(json.dumps(meta))
     model, _ = load_model(pt)
     assert model.config.width == 0.125
+
+
+def test_shipped_default_weights_load_from_the_package(monkeypatch):
+    monkeypatch.delenv("DEFOCUS_WEIGHTS_DIR", raising=False)
+    folder = registry.weights_dir()
+    assert type(folder).__name__ in ("PosixPath", "WindowsPath"), folder  # a real folder
+    model, meta = load_model(registry.DEFAULT_MODEL)
+    assert meta["name"] == registry.DEFAULT_MODEL and meta["sigma_max"] == 7.0
+    assert "train_command" in meta and meta["sha256"] == registry.sha256_file(folder / "dmenet-lite.pt")

@@ -1,0 +1,1 @@
+"""Shipped network weights (fp16 state dicts + JSON metadata); see README.md here."""
