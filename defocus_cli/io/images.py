@@ -249,8 +249,7 @@ def _check_rgb(rgb: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: expected (H, W, 3) RGB, got shape {rgb.shape}")
 
 
-def write_image(path: str | Path, rgb: np.ndarray, bit_depth: int = 8, quality: int = 95,
-                png_compression: int = 3) -> Path:
+def write_image(path: str | Path, rgb: np.ndarray, bit_depth: int = 8, quality: int = 95) -> Path:
     """Write (H, W, 3) float RGB in [0, 1] to ``path`` (format from the suffix), atomically.
 
     bit_depth 16 is kept for PNG and TIFF; other formats are 8-bit.
@@ -270,7 +269,7 @@ def write_image(path: str | Path, rgb: np.ndarray, bit_depth: int = 8, quality: 
     elif suffix == ".webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, quality]
     elif suffix == ".png":
-        params = [cv2.IMWRITE_PNG_COMPRESSION, png_compression]
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
     with atomic_write(path) as tmp:
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(data[..., ::-1]), params):
             raise InputError(f"{path}: could not write image")
@@ -298,22 +297,44 @@ def save_png16(path: str | Path, values: np.ndarray, scale: float = PNG16_SCALE)
     return path
 
 
+def robust_max(values: np.ndarray, q: float = 99.5) -> float:
+    """The q-th percentile of a map, from a strided subsample of at most ~1 M values (a full
+    percentile of a 24 MP map costs about a second and says nothing more)."""
+    step = max(1, int(np.sqrt(values.size / 1e6)))
+    sample = values[::step, ::step] if values.ndim == 2 else values
+    return float(np.percentile(sample, q)) if sample.size else 1.0
+
+
+def _colorize_bgr(values: np.ndarray, vmin: float, vmax: float | None, colormap: int) -> np.ndarray:
+    v = values.astype(np.float32, copy=False)
+    if vmax is None:
+        vmax = robust_max(np.nan_to_num(v))
+    vmax = max(vmax, vmin + 1e-6)
+    # clamped below vmin first: convertScaleAbs would fold negative values back up
+    shifted = np.maximum(np.nan_to_num(v) - np.float32(vmin), 0)
+    u8 = cv2.convertScaleAbs(shifted, alpha=255.0 / (vmax - vmin))
+    return cv2.applyColorMap(u8, colormap)
+
+
 def colorize(values: np.ndarray, vmin: float = 0.0, vmax: float | None = None,
              colormap: int = cv2.COLORMAP_INFERNO) -> np.ndarray:
     """(H, W) map -> (H, W, 3) float32 RGB preview in [0, 1]; vmax defaults to the 99.5th percentile."""
-    v = np.nan_to_num(values.astype(np.float32))
-    if vmax is None:
-        vmax = float(np.percentile(v, 99.5)) if v.size else 1.0
-    vmax = max(vmax, vmin + 1e-6)
-    u8 = np.clip((v - vmin) / (vmax - vmin) * 255 + 0.5, 0, 255).astype(np.uint8)
-    bgr = cv2.applyColorMap(u8, colormap)
-    return bgr[..., ::-1].astype(np.float32) / 255
+    return _colorize_bgr(values, vmin, vmax, colormap)[..., ::-1].astype(np.float32) / 255
 
 
 def save_preview(path: str | Path, values: np.ndarray, vmin: float = 0.0, vmax: float | None = None) -> Path:
-    """Save a colour-mapped 8-bit preview of an (H, W) map (for people; not data)."""
-    # level 1: a 12 MP preview compresses in a third of the time of level 3 (benchmarks/README.md)
-    return write_image(path, colorize(values, vmin, vmax), png_compression=1)
+    """Save a colour-mapped 8-bit PNG preview of an (H, W) map (for people; not data)."""
+    path = Path(path)
+    if values.ndim != 2:
+        raise ValueError(f"save_preview: expected an (H, W) map, got shape {values.shape}")
+    bgr = _colorize_bgr(values, vmin, vmax, cv2.COLORMAP_INFERNO)
+    # level 1 + run-length strategy: a 12 MP preview in 0.4 s instead of 1.3 s (smooth maps
+    # compress about as well)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), bgr, params):
+            raise InputError(f"{path}: could not write PNG")
+    return path
 
 
 def _json_default(o: Any) -> Any:

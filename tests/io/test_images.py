@@ -136,3 +136,17 @@ def test_write_refuses_bad_shapes_and_formats(tmp_path):
         write_image(tmp_path / "a.png", np.zeros((4, 4)))
     with pytest.raises(InputError, match="unsupported output format"):
         write_image(tmp_path / "a.gif", np.zeros((4, 4, 3)))
+
+
+def test_preview_colours_follow_the_range(tmp_path):
+    from defocus_cli.io.images import colorize, save_preview
+
+    values = np.array([[-1.0, 0.0, 1.0, 2.0, 4.0]], np.float32)
+    rgb = colorize(values, 0.0, 2.0)
+    assert rgb.shape == (1, 5, 3) and rgb.dtype == np.float32
+    assert np.array_equal(rgb[0, 0], rgb[0, 1])  # below vmin clamps to the darkest colour
+    assert np.array_equal(rgb[0, 3], rgb[0, 4])  # above vmax saturates
+    assert rgb[0, 1].sum() < rgb[0, 2].sum() < rgb[0, 3].sum()  # inferno brightens with value
+    save_preview(tmp_path / "p.png", np.tile(values, (3, 1)), 0.0, 2.0)
+    back = cv2.imread(str(tmp_path / "p.png"))[..., ::-1].astype(np.float32) / 255
+    assert np.allclose(back[1], rgb[0], atol=1e-6)
