@@ -305,6 +305,17 @@ class LazyEstimator:
         return self._estimator is not None
 
 
+def check_map_option(map_opt: Path | None, photos: list[Path]) -> None:
+    """--map is a folder of NAME.defocus.npy maps, or one map file for a single photo."""
+    if map_opt is None or map_opt.is_dir():
+        return
+    if not map_opt.is_file():
+        raise InputError(f"{map_opt}: --map not found")
+    if len(photos) > 1:
+        raise InputError(f"{map_opt}: one map file fits one photo; for {len(photos)} photos "
+                         "give a folder of NAME.defocus.npy maps")
+
+
 def obtain_map(photo: Path, image: "Image", map_opt: Path | None, estimator: LazyEstimator,
                working_size: int | None = None) -> tuple["np.ndarray", dict[str, Any]]:
     """The defocus map (H, W) float32 sigma in px of ``image``, and where it came from.

@@ -10,7 +10,8 @@ from typing_extensions import Annotated
 
 from defocus_cli.cli.common import (DeviceOpt, LazyEstimator, MapOpt, ModelOpt, OutputOpt, OverwriteOpt,
                                     PhotosArg, PrecisionOpt, RecursiveOpt, WeightsOpt, WorkingSizeOpt,
-                                    expand_inputs, fail, output_path, prepare_output_dir, run_batch)
+                                    check_map_option, expand_inputs, fail, output_path, prepare_output_dir,
+                                    run_batch)
 from defocus_cli.errors import DefocusError, InputError
 from defocus_cli.models import DEFAULT_MODEL
 
@@ -52,12 +53,7 @@ def depth(
         if focus not in ("near", "far"):
             raise InputError(f"--focus must be near or far, got {focus!r}")
         paths = expand_inputs(photos, recursive)
-        if map_opt is not None and not map_opt.is_dir():
-            if not map_opt.is_file():
-                raise InputError(f"{map_opt}: --map not found")
-            if len(paths) > 1:
-                raise InputError(f"{map_opt}: one map file fits one photo; for {len(paths)} photos "
-                                 "give a folder of NAME.defocus.npy maps")
+        check_map_option(map_opt, paths)
         prepare_output_dir(output)
         estimator = LazyEstimator(model, weights, device, precision)
         if map_opt is None:
@@ -114,7 +110,8 @@ def _depth_one(photo: Path, output: Path | None, focus: str, flags: dict, map_op
         **result.describe(),
         "npy": f"float32 depth in {result.units}; +inf where no depth on the chosen side fits",
         "png16_scale": scale,
-        "png16": f"uint16 = round(depth * {scale:g}) ({'mm' if result.kind == 'metric' else '1e-4 focus distances'}), "
+        "png16": f"uint16 = round(depth * {scale:g}) "
+                 f"({'mm' if result.kind == 'metric' else '1e-4 focus distances'}), "
                  "near = dark, saturating at 65535",
         "lens": {k: {"value": v, "source": sources[k]} for k, v in known.items()} if lens else None,
         "map": origin,

@@ -9,7 +9,7 @@ from typing_extensions import Annotated
 
 from defocus_cli.cli.common import (DeviceOpt, LazyEstimator, MapOpt, ModelOpt, OutputOpt,
                                     OverwriteOpt, PhotosArg, PrecisionOpt, RecursiveOpt, WeightsOpt,
-                                    WorkingSizeOpt, expand_inputs, fail, output_path,
+                                    WorkingSizeOpt, check_map_option, expand_inputs, fail, output_path,
                                     prepare_output_dir, run_batch)
 from defocus_cli.errors import DefocusError, InputError
 from defocus_cli.models import DEFAULT_MODEL
@@ -53,12 +53,7 @@ def magnify(
         except ValueError as e:
             raise InputError(str(e)) from None
         paths = expand_inputs(photos, recursive)
-        if map_opt is not None and not map_opt.is_dir():
-            if not map_opt.is_file():
-                raise InputError(f"{map_opt}: --map not found")
-            if len(paths) > 1:
-                raise InputError(f"{map_opt}: one map file fits one photo; for {len(paths)} photos "
-                                 "give a folder of NAME.defocus.npy maps")
+        check_map_option(map_opt, paths)
         prepare_output_dir(output)
         estimator = LazyEstimator(model, weights, device, precision)
         if map_opt is None:
