@@ -80,7 +80,7 @@ _ZERO4 = (0.0, 0.0, 0.0, 0.0)
 _STRIP_TILES = 8
 #: a piece whose box is more than this full of the layer's tiles is not cut into strips
 _DENSE = 0.35
-#: fixed cost of one more block in _row_blocks, in tiles of work (Python and OpenCV call
+#: fixed cost of one more block in _run_blocks, in tiles of work (Python and OpenCV call
 #: overhead against the pixels a merged block would process for nothing)
 _BLOCK_COST = 24
 
@@ -396,17 +396,6 @@ class _Presence:
             c0 = max(int(f[f >= 0].min()) - rt, wx0)
             c1 = min(int(e.max()) + rt, wx1)
             out.append(((y, min(y + height, wy1), c0, c1), (r0, r1, c0, c1)))
-        return out
-
-    def blocks(self, index: int, core: tuple, height: int) -> list[tuple]:
-        """Disjoint tile boxes, ``height`` rows each, holding all of a piece's pixels."""
-        first, end = self.spans(index, core)
-        y0 = max(core[0], 0)
-        out = []
-        for r in range(0, len(first), height):
-            f, e = first[r : r + height], end[r : r + height]
-            if (e > 0).any():
-                out.append((y0 + r, y0 + r + len(f), int(f[f >= 0].min()), int(e.max())))
         return out
 
 
