@@ -71,11 +71,10 @@ def make_input(kind: str) -> tuple[np.ndarray, np.ndarray, str]:
 def naive(rgb, sigma, config, device):
     """Every level deconvolved over the whole frame, then composed with the same weights."""
     from defocus_cli.ops.deconv import deconvolve_frame, gaussian_kernel, good_fft_size, reflect_frame
-    from defocus_cli.pipelines.deblur import LUMA, level_weights, protect_saturated, sigma_levels
+    from defocus_cli.pipelines.deblur import LUMA, clipped_mask, level_weights, saturation_keep, sigma_levels
 
     h, w = sigma.shape
-    if config.saturation is not None:
-        sigma = protect_saturated(rgb, sigma, config.saturation)
+    clipped = None if config.saturation is None else clipped_mask(rgb, config.saturation)
     levels = sigma_levels(float(sigma.max()), config)
     j, t = level_weights(sigma, levels, config.blend)
     src = rgb if config.channels == "rgb" else (rgb @ LUMA)[..., None]
@@ -89,9 +88,15 @@ def naive(rgb, sigma, config, device):
         fh, fw = good_fft_size(h + 2 * m), good_fft_size(w + 2 * m)
         top, left = (fh - h) // 2, (fw - w) // 2
         frame = np.moveaxis(reflect_frame(src, -top, fh - top, -left, fw - left), -1, 0)
+        unknown = None
+        if clipped is not None:  # the clipped zone, as the layered version treats it
+            bad = 1.0 - saturation_keep(clipped, sigma)
+            unknown = np.clip(reflect_frame(bad, -top, fh - top, -left, fw - left), 0.0, 1.0)
         restored = deconvolve_frame(np.ascontiguousarray(frame), kernel,
-                                    (top, top + h, left, left + w), config.deconv, device)
+                                    (top, top + h, left, left + w), config.deconv, device, unknown)
         out += np.moveaxis(restored, 0, -1) * wk[..., None]
+    if clipped is not None:
+        out = src + saturation_keep(clipped, sigma)[..., None] * (out - src)
     if config.channels == "luma":
         out = rgb + (out - src)
     return np.clip(out, 0, 1)

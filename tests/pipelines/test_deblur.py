@@ -10,8 +10,9 @@ from defocus_cli.pipelines.deblur import (
     DeblurConfig,
     deblur,
     level_weights,
+    clipped_mask,
     match_map_to_image,
-    protect_saturated,
+    saturation_keep,
     sigma_levels,
 )
 
@@ -202,14 +203,45 @@ def test_match_map_to_image_rescales_sigma() -> None:
         match_map_to_image(small, (100, 100))
 
 
-def test_protect_saturated_fades_sigma_near_clipping() -> None:
+def test_saturation_keep_fades_near_clipping() -> None:
     rgb = np.full((40, 40, 3), 0.5, np.float32)
+    assert clipped_mask(rgb, 0.98) is None
     rgb[20, 20] = 1.0
-    sigma = np.full((40, 40), 2.0, np.float32)
-    out = protect_saturated(rgb, sigma, 0.98)
-    assert out[20, 20] == 0 and out[20, 23] == 0  # within 2 sigma
-    assert out[20, 30] == 2.0  # beyond 4 sigma + 1
-    assert 0 < out[20, 26] < 2.0
+    clipped = clipped_mask(rgb, 0.98)
+    assert clipped.sum() == 1 and clipped[20, 20]
+    keep = saturation_keep(clipped, np.full((40, 40), 2.0, np.float32))
+    assert keep[20, 20] == 0 and keep[20, 23] == 0  # within 2 sigma
+    assert keep[20, 30] == 1.0  # beyond 4 sigma + 1
+    assert 0 < keep[20, 26] < 1.0
+
+
+def test_clipped_highlight_neither_rings_nor_fragments_the_layers() -> None:
+    """A clipped highlight: its surroundings keep the input, no ringing beyond, and the
+    deconvolution work is that of the map alone (highlights do not cut the layers up)."""
+    rng = np.random.default_rng(8)
+    h, w = 96, 128
+    sharp = scene(rng, h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    spot = (yy - 48) ** 2 + (xx - 64) ** 2 < 36
+    bright = sharp.copy()
+    bright[spot] = 3.0  # a light source far above white
+    photo = np.clip(blur(bright, 2.0), 0.0, 1.0)
+    truth = np.clip(bright, 0.0, 1.0)
+    sigma = np.full((h, w), 2.0, np.float32)
+    on = deblur(photo, sigma, clean())
+    off = deblur(photo, sigma, clean(saturation=None))
+    clipped = clipped_mask(photo, 0.98)
+    assert clipped is not None and clipped.sum() > 36
+    keep = saturation_keep(clipped, sigma)
+    np.testing.assert_allclose(on.image[keep == 0], photo[keep == 0], atol=1e-6)
+    # the ring just outside the protected zone: smaller error than deconvolving the clipped data
+    d = np.hypot(yy - 48, xx - 64)
+    ring = (keep == 1) & (d < 20)
+    err_on = np.abs(on.image - truth)[ring].mean()
+    err_off = np.abs(off.image - truth)[ring].mean()
+    assert err_on < 0.5 * err_off, (err_on, err_off)
+    # the same frames as without the highlight handling: the map, not the clipping, sets them
+    assert on.frames == off.frames and on.frame_pixels == off.frame_pixels
 
 
 def test_progress_and_result_fields() -> None:
