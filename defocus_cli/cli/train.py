@@ -125,6 +125,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="torchvision vgg19 state dict (encoder init + network C)"),
     init: Optional[Path] = typer.Option(None, "--init", help="start B from these weights (fresh optimiser)"),
+    bn: str = typer.Option("batch", "--bn", help="BatchNorm statistics: batch (the paper's) or frozen (re-estimated on full images, then fixed: trains as inference runs)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -159,7 +160,7 @@ def train(
                 pretrain_steps=pretrain_steps, lr=lr, precision=precision, channels_last=channels_last,
                 seed=seed, ckpt_every=ckpt_every, log_every=log_every, val_max=val_max, val_every=val_every,
                 decay_every_epochs=decay_every, workers=workers,
-                vgg_weights=absolute(vgg_weights), init_weights=absolute(init))
+                vgg_weights=absolute(vgg_weights), init_weights=absolute(init), bn=bn)
             run_dir = output
         n_gpus = gpus if gpus is not None else (1 if torch.cuda.is_available() else 0)
         provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}

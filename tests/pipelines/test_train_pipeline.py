@@ -103,3 +103,47 @@ def test_nan_loss_stops_the_run_with_a_clear_message(toy, tmp_path):
 
     with pytest.raises(ProcessingError, match="NaN or inf"):
         train(tiny(toy, lr=float("inf"), steps=3), tmp_path / "run", device=CPU)
+
+
+def _bn_stats(state: dict) -> dict:
+    return {k: v.clone() for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_frozen_batchnorm_trains_with_fixed_statistics(toy, tmp_path):
+    """--bn frozen: statistics re-estimated once, then unchanged by training; batch: they move."""
+    frozen = train(tiny(toy, bn="frozen", steps=4, ckpt_every=2), tmp_path / "f", device=CPU)
+    assert any("BatchNorm statistics re-estimated on" in n for n in frozen.notes)
+    after = load_checkpoint(tmp_path / "f")
+    resumed_from_2 = tiny(toy, bn="frozen", steps=2, ckpt_every=2)
+    train(resumed_from_2, tmp_path / "f2", device=CPU)
+    at_2 = load_checkpoint(tmp_path / "f2")
+    s4, s2 = _bn_stats(after["B"]), _bn_stats(at_2["B"])
+    assert s4 and all(torch.equal(s4[k], s2[k]) for k in s4)
+    # the weights did train meanwhile
+    w = "head.weight"
+    assert not torch.equal(after["B"][w], at_2["B"][w])
+    train(tiny(toy, steps=2, ckpt_every=2), tmp_path / "b2", device=CPU)
+    train(tiny(toy, steps=4, ckpt_every=2), tmp_path / "b4", device=CPU)
+    b2, b4 = _bn_stats(load_checkpoint(tmp_path / "b2")["B"]), _bn_stats(load_checkpoint(tmp_path / "b4")["B"])
+    assert any(not torch.equal(b2[k], b4[k]) for k in b2)
+
+
+def test_recalibrate_batchnorm_averages_whole_image_statistics(toy):
+    from defocus_cli.models.b import BlurNet, BlurNetConfig
+    from defocus_cli.pipelines.train import recalibrate_batchnorm
+    from defocus_cli.pipelines.train_data import SynthSet
+
+    torch.manual_seed(0)
+    b = BlurNet(BlurNetConfig(width=0.25))
+    images = SynthSet.open(toy, "train")
+    bn = b.up1.convs[0][1]
+    seen: list[torch.Tensor] = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].mean(dim=(0, 2, 3))))
+    b.eval()
+    used = recalibrate_batchnorm(b, images, 3, CPU)
+    hook.remove()
+    assert used == 3 and len(seen) == 3
+    torch.testing.assert_close(bn.running_mean, torch.stack(seen).mean(0), rtol=1e-4, atol=1e-4)
+    assert bn.momentum == 0.1 and not b.training  # restored
+    with pytest.raises(InputError, match="--bn"):
+        tiny(toy, bn="instance")
