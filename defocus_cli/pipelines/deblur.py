@@ -85,9 +85,9 @@ class DeblurConfig:
     #: not hold there, and deconvolving near them rings. Pixels within 2 sigma of one keep the
     #: input, fading to full deconvolution at 4 sigma + 1 px, and the deconvolutions treat
     #: that zone as unknown data (extrapolated from its neighbours, like context of another
-    #: depth), so the halo does not ring into the pixels around it. The map itself is left alone, so highlights do not cut it into pieces
-    #: that each need every level (measured: 12 MP ramp with 6 % clipped pixels, frame area
-    #: 14.8 -> 2.7 x the image). None: no protection.
+    #: depth), so the halo does not ring into the pixels around it. The map itself is left
+    #: alone, so highlights do not cut it into pieces that each need every level (measured:
+    #: 12 MP ramp with 6 % clipped pixels, frame area 14.8 -> 2.65 x the image). None: off.
     saturation: float | None = 0.98
 
     def __post_init__(self) -> None:
@@ -241,7 +241,8 @@ def _restore_tile(
 ) -> tuple[np.ndarray, int]:
     """Level k's deconvolution of src[y0:y1, x0:x1] -> ((h, w, C) float32, frame pixels).
 
-    src: (H, W, C) with C = 3 (RGB) or 1 (luma).
+    src: (H, W, C) with C = 3 (RGB) or 1 (luma). distrust: optional (H, W) weights in [0, 1] of
+    pixels that are not the blur model's data (clipped highlights and their halo).
     """
     import cv2
 
