@@ -75,6 +75,7 @@ def naive(rgb, sigma, config, device):
 
     h, w = sigma.shape
     clipped = None if config.saturation is None else clipped_mask(rgb, config.saturation)
+    keep = None if clipped is None else saturation_keep(clipped, sigma)  # as the layered version
     levels = sigma_levels(float(sigma.max()), config)
     j, t = level_weights(sigma, levels, config.blend)
     src = rgb if config.channels == "rgb" else (rgb @ LUMA)[..., None]
@@ -89,14 +90,13 @@ def naive(rgb, sigma, config, device):
         top, left = (fh - h) // 2, (fw - w) // 2
         frame = np.moveaxis(reflect_frame(src, -top, fh - top, -left, fw - left), -1, 0)
         unknown = None
-        if clipped is not None:  # the clipped zone, as the layered version treats it
-            bad = 1.0 - saturation_keep(clipped, sigma)
-            unknown = np.clip(reflect_frame(bad, -top, fh - top, -left, fw - left), 0.0, 1.0)
+        if keep is not None:  # the clipped zone is unknown data, as in the layered version
+            unknown = np.clip(1.0 - reflect_frame(keep, -top, fh - top, -left, fw - left), 0.0, 1.0)
         restored = deconvolve_frame(np.ascontiguousarray(frame), kernel,
                                     (top, top + h, left, left + w), config.deconv, device, unknown)
         out += np.moveaxis(restored, 0, -1) * wk[..., None]
-    if clipped is not None:
-        out = src + saturation_keep(clipped, sigma)[..., None] * (out - src)
+    if keep is not None:
+        out = src + keep[..., None] * (out - src)
     if config.channels == "luma":
         out = rgb + (out - src)
     return np.clip(out, 0, 1)

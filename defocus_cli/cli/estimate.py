@@ -58,15 +58,14 @@ def _estimate_one(photo: Path, output: Path | None, estimator: LazyEstimator, wo
 
     from defocus_cli import __version__
     from defocus_cli.io.images import (PNG16_SCALE, read_image, robust_max, save_json, save_npy, save_png16,
-                                      save_preview)
+                                      save_preview, subsample)
 
     image = read_image(photo)
     est = estimator.get()
     result = est.estimate(image.pixels, working_size, refine)
     sigma = result.sigma
     vmax = preview_max or max(robust_max(sigma), 1e-3)
-    step = max(1, int(np.sqrt(sigma.size / 1e6)))  # percentiles from <= ~1 M values: fast at 24 MP
-    sample = sigma[::step, ::step]
+    sample = subsample(sigma)  # percentiles from <= ~1 M values: fast at 24 MP
     stats = {"min": float(sigma.min()), "mean": float(sigma.mean()),
              "median": float(np.median(sample)), "p99": float(np.percentile(sample, 99)),
              "max": float(sigma.max())}

@@ -297,11 +297,16 @@ def save_png16(path: str | Path, values: np.ndarray, scale: float = PNG16_SCALE)
     return path
 
 
-def robust_max(values: np.ndarray, q: float = 99.5) -> float:
-    """The q-th percentile of a map, from a strided subsample of at most ~1 M values (a full
+def subsample(values: np.ndarray) -> np.ndarray:
+    """A strided view of an (H, W) map with at most ~1 M values, for order statistics (a full
     percentile of a 24 MP map costs about a second and says nothing more)."""
     step = max(1, int(np.sqrt(values.size / 1e6)))
-    sample = values[::step, ::step] if values.ndim == 2 else values
+    return values[::step, ::step] if values.ndim == 2 else values
+
+
+def robust_max(values: np.ndarray, q: float = 99.5) -> float:
+    """The q-th percentile of a map, from its subsample."""
+    sample = subsample(values)
     return float(np.percentile(sample, q)) if sample.size else 1.0
 
 

@@ -237,12 +237,12 @@ def _restore_tile(
     region: tuple[int, int, int, int],
     config: DeblurConfig,
     device: Any,
-    distrust: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Level k's deconvolution of src[y0:y1, x0:x1] -> ((h, w, C) float32, frame pixels).
 
-    src: (H, W, C) with C = 3 (RGB) or 1 (luma). distrust: optional (H, W) weights in [0, 1] of
-    pixels that are not the blur model's data (clipped highlights and their halo).
+    src: (H, W, C) with C = 3 (RGB) or 1 (luma). keep: optional (H, W) saturation_keep weights;
+    1 - keep marks pixels that are not the blur model's data (clipped highlights, their halo).
     """
     import cv2
 
@@ -260,7 +260,7 @@ def _restore_tile(
     window = (y0 - top, y0 - top + fh * f, x0 - left, x0 - left + fw * f)
     frame = reflect_frame(src, *window)
     sig_frame = _clamped_frame(sigma, *window)
-    bad_frame = None if distrust is None else _clamped_frame(distrust, *window)
+    bad_frame = None if keep is None else 1.0 - _clamped_frame(keep, *window)
     # a box filter of width f blurs by (f^2 - 1) / 12 px^2 per axis; the rest is left to undo
     s_work = math.sqrt(max(s_k**2 - (f * f - 1) / 12.0, 0.25)) / f
     if f > 1:
@@ -335,7 +335,6 @@ def deblur(
     h, w = sigma.shape
     clipped = None if config.saturation is None else clipped_mask(rgb, config.saturation)
     keep = None if clipped is None else saturation_keep(clipped, sigma)
-    distrust = None if keep is None else 1.0 - keep
 
     top = float(sigma.max()) if config.max_sigma is None else float(config.max_sigma)
     if top <= config.sharp_sigma:
@@ -382,7 +381,7 @@ def deblur(
             continue
         by0, by1, bx0, bx1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         box = (y0 + by0, y0 + by1, x0 + bx0, x0 + bx1)
-        restored, pixels = _restore_tile(src, sigma, levels, k, box, config, device, distrust)
+        restored, pixels = _restore_tile(src, sigma, levels, k, box, config, device, keep)
         out[box[0] : box[1], box[2] : box[3]] += restored * wk[by0:by1, bx0:bx1, None]
         frame_pixels += pixels
         if progress is not None:
