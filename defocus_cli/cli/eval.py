@@ -71,7 +71,8 @@ def run(
         "--no-refine", help="Skip the edge-aware refinement (only acts with --working-size).")] = False,
     deblur: Annotated[bool, typer.Option(
         "--deblur", help="Also deblur each photo with its estimated map and measure PSNR/SSIM against "
-                         "sharp/ (deblurring pairs), with the gain over the input.")] = False,
+                         "sharp/ (deblurring pairs), with the gain over the input. Deblurs as `defocus "
+                         "deblur` does with an estimated map (its defaults, --margin 0.5).")] = False,
     radius_table: Annotated[Optional[Path], typer.Option(
         "--radius-table", help="CSV gaussian_sigma_px,disk_radius_px for datasets with disk-radius labels "
                                "(radius/), e.g. ../shared/data/tables/rtf_sigma_to_disk_radius.csv.")] = None,
@@ -111,10 +112,10 @@ def run(
 
     deblur_fn = None
     if deblur:
-        from defocus_cli.pipelines.deblur import DeblurConfig, deblur as deblur_image
+        from defocus_cli.pipelines.deblur import ESTIMATED_MAP_MARGIN, DeblurConfig, deblur as deblur_image
 
-        def deblur_fn(rgb, sigma):
-            return deblur_image(rgb, sigma, DeblurConfig()).image
+        def deblur_fn(rgb, sigma):  # as `defocus deblur` does it with an estimated map
+            return deblur_image(rgb, sigma, DeblurConfig(map_margin=ESTIMATED_MAP_MARGIN)).image
 
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]defocus eval"), BarColumn(), MofNCompleteColumn(),
@@ -136,6 +137,8 @@ def run(
     result["estimator"] = estimator.describe()
     result["estimate"] = {"working_size": working_size or "native", "refine": not no_refine}
     result["deblur"] = {"enabled": deblur}
+    if deblur:
+        result["deblur"]["map_margin_px"] = ESTIMATED_MAP_MARGIN
     result["seconds"] = elapsed
     _print_report(result, per_image)
     if output is not None:

@@ -40,6 +40,15 @@ from defocus_cli.ops.deconv import (
 )
 
 
+#: px; DeblurConfig.map_margin for maps estimated by the network: they over-estimate the small
+#: blur of real photos (by +0.56 px on the held-out dfd-indoor scenes, weights/README.md).
+#: Chosen on the 8 validation scenes of datasets/dfd-real (never trained on, f/2.8 photo vs its
+#: registered f/8 shot, the `defocus eval --deblur` protocol), mean PSNR change (worst scene):
+#: margin 0: -0.34 dB (-0.71), 0.25: -0.04 (-0.32), 0.5: +0.05 (-0.11), 0.75: +0.04 (-0.02),
+#: 1.0: +0.01 (-0.01) (benchmarks/README.md, "deblur").
+ESTIMATED_MAP_MARGIN = 0.5
+
+
 @dataclass(frozen=True)
 class DeblurConfig:
     """How the layered deblur splits and recombines the work."""
@@ -52,6 +61,11 @@ class DeblurConfig:
     sharp_sigma: float = 0.5
     #: px; sigma above this is treated as this (None: the map's maximum)
     max_sigma: float | None = None
+    #: px subtracted from the map (floored at 0) before it is split: a deconvolution with too
+    #: large a sigma overshoots and rings, one with too small a sigma only sharpens less, so a
+    #: map with known error is deblurred by its lower bound. 0 for exact maps; maps from the
+    #: network use ESTIMATED_MAP_MARGIN (the CLI's and `eval --deblur`'s default).
+    map_margin: float = 0.0
     #: "geometric": levels evenly spaced in log sigma, so a level is never more than a fixed
     #: ratio (not a fixed number of px) away from a pixel's sigma; what matters for a
     #: deconvolution is the relative error (0.3 px is a lot at sigma 1 and nothing at 30).
@@ -95,6 +109,8 @@ class DeblurConfig:
             raise ValueError(f"DeblurConfig: layers must be >= 1, got {self.layers}")
         if self.sharp_sigma < 0:
             raise ValueError(f"DeblurConfig: sharp_sigma must be >= 0, got {self.sharp_sigma}")
+        if not self.map_margin >= 0:
+            raise ValueError(f"DeblurConfig: map_margin must be >= 0, got {self.map_margin}")
         if self.max_sigma is not None and not self.max_sigma > self.sharp_sigma:
             raise ValueError("DeblurConfig: max_sigma must exceed sharp_sigma")
         if self.channels not in ("luma", "rgb"):
@@ -332,6 +348,8 @@ def deblur(
     if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
         raise ValueError("deblur: the defocus map must be finite and >= 0 everywhere")
     rgb = rgb.astype(np.float32, copy=False)
+    if config.map_margin > 0:
+        sigma = np.maximum(sigma - np.float32(config.map_margin), 0).astype(np.float32)
     h, w = sigma.shape
     clipped = None if config.saturation is None else clipped_mask(rgb, config.saturation)
     keep = None if clipped is None else saturation_keep(clipped, sigma)

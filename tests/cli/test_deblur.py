@@ -89,6 +89,8 @@ def test_usage_errors(tmp_path):
     assert result.exit_code == 2 and "--alpha must be in (0, 1]" in result.output
     result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(m), "--lam", "0"])
     assert result.exit_code == 2 and "--lam must be > 0" in result.output
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(m), "--margin", "-1"])
+    assert result.exit_code == 2 and "--margin must be >= 0" in result.output
     result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(m), "--channels", "lab"])
     assert result.exit_code == 2 and "channels" in result.output
     wrong = tmp_path / "wrong.npy"
@@ -123,3 +125,23 @@ def test_help_does_not_import_torch():
     code = "import sys, defocus_cli.cli.deblur; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_margin_defaults_to_the_estimators_error_and_zero_for_a_given_map(tmp_path, tiny_weights):
+    from defocus_cli.pipelines.deblur import ESTIMATED_MAP_MARGIN
+
+    _blurred_photo(tmp_path / "p.png", bit_depth=16)
+    _map(tmp_path / "p.defocus.npy", value=2.0)
+
+    def run(name, *extra):
+        out = tmp_path / name
+        result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "-o", str(out), "--device", "cpu",
+                                     "--working-size", "0", *extra])
+        assert result.exit_code == 0, result.output
+        return read_image(out / "p.deblurred.png").pixels
+
+    given = ("--map", str(tmp_path / "p.defocus.npy"))
+    np.testing.assert_array_equal(run("g", *given), run("g0", *given, "--margin", "0"))
+    assert np.abs(run("g", *given) - run("g1", *given, "--margin", "1")).max() > 0.01
+    est = ("--weights", str(tiny_weights))
+    np.testing.assert_array_equal(run("e", *est), run("em", *est, "--margin", str(ESTIMATED_MAP_MARGIN)))

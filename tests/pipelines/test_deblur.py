@@ -167,6 +167,21 @@ def test_sharp_pixels_keep_the_input() -> None:
     assert np.abs(out[:, 160:] - img[:, 160:]).max() > 0.01
 
 
+def test_map_margin_deblurs_by_the_lower_bound() -> None:
+    # an over-estimated map (true sigma 1.5, map 2.0) rings; its lower bound (margin 0.5) does
+    # not, and the margin is exactly a shift of the map, floored at 0
+    rng = np.random.default_rng(5)
+    sharp = scene(rng, 96, 128)
+    img = (blur(sharp, 1.5) + rng.normal(0, 0.01, sharp.shape)).astype(np.float32)
+    over = np.full((96, 128), 2.0, np.float32)
+    shifted = deblur(img, over, clean(map_margin=0.5)).image
+    np.testing.assert_array_equal(shifted, deblur(img, over - 0.5, clean()).image)
+    assert psnr(shifted, sharp) > psnr(deblur(img, over, clean()).image, sharp) + 1.0
+    assert psnr(shifted, sharp) > psnr(img, sharp) + 2.0
+    # the floor: a map below the margin deblurs nothing
+    np.testing.assert_array_equal(deblur(img, over, clean(map_margin=2.5)).image, img)
+
+
 def test_luma_mode_changes_brightness_only() -> None:
     rng = np.random.default_rng(5)
     img = blur(scene(rng, 64, 64), 2.0)
@@ -272,6 +287,8 @@ def test_input_validation() -> None:
         deblur(img, np.zeros((4, 4)))
     with pytest.raises(ValueError, match="finite and >= 0"):
         deblur(img, np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match="map_margin must be >= 0"):
+        DeblurConfig(map_margin=-0.1)
     with pytest.raises(ValueError, match="channels must be luma or rgb"):
         DeblurConfig(channels="lab")
     with pytest.raises(ValueError, match="tile >= 4 \\* overlap"):
