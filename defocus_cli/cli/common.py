@@ -13,6 +13,7 @@ Only this layer prints and turns DefocusError into exit codes. torch is imported
 from __future__ import annotations
 
 import glob
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -343,4 +344,18 @@ def obtain_map(photo: Path, image: "Image", map_opt: Path | None, estimator: Laz
         sigma = cv2.resize(sigma, (W, H), interpolation=cv2.INTER_LINEAR) * np.float32(W / w)
     if not np.all(np.isfinite(sigma)) or sigma.min() < 0:
         raise InputError(f"{path}: map must be finite and >= 0 (Gaussian sigma in px)")
-    return sigma, {"source": str(path)}
+    return sigma, {"source": str(path), **_estimated_by(path)}
+
+
+def _estimated_by(map_path: Path) -> dict[str, Any]:
+    """{"estimated_by": model name} when the map file's JSON sidecar (NAME.defocus.json, written
+    by `defocus estimate`) says a network made it; {} for other maps."""
+    sidecar = map_path.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    model = meta.get("model") if isinstance(meta, dict) else None
+    if not isinstance(model, dict):
+        return {}
+    return {"estimated_by": str(model.get("name") or model.get("sha256") or "a network")}

@@ -38,7 +38,8 @@ def deblur(
     margin: Annotated[Optional[float], typer.Option(
         "--margin", help="px subtracted from the map before deblurring (too large a sigma rings, "
                          "too small only sharpens less). Default: 0.5 for estimated maps (their "
-                         "measured error on real photos), 0 for a --map.")] = None,
+                         "measured error on real photos), also a --map whose JSON sidecar from "
+                         "`defocus estimate` names the model; 0 for other maps.")] = None,
     channels: Annotated[str, typer.Option(
         "--channels", help="luma: deconvolve brightness only (default; 3x faster, as good on "
                            "JPEG photos); rgb: each colour channel.")] = "luma",
@@ -112,12 +113,14 @@ def _deblur_one(photo: Path, output: Path | None, config, map_opt: Path | None,
 
     image = read_image(photo)
     sigma, origin = obtain_map(photo, image, map_opt, estimator, working_size)
-    if default_margin and origin["source"] == "estimated":
+    estimated = origin["source"] == "estimated" or "estimated_by" in origin
+    if default_margin and estimated:
         config = dataclasses.replace(config, map_margin=ESTIMATED_MAP_MARGIN)
     result = deblur_photo(image.pixels, sigma, config, device=fft_device)
     write_image(output_path(photo, output, _suffix(photo)), result.image, bit_depth=image.bit_depth)
     w, h = image.size
     used = int((result.layer_fraction[1:] > 0).sum())
-    return {"size": f"{w}x{h}", "map": "estimated" if origin["source"] == "estimated" else "given",
+    return {"size": f"{w}x{h}", "map": "estimated" if origin["source"] == "estimated" else
+            "given (estimated)" if estimated else "given",
             "max σ px": f"{float(sigma.max()):.2f}",
             "deblurred": f"{100 * (1 - result.layer_fraction[0]):.0f}%", "levels": used}

@@ -145,3 +145,10 @@ def test_margin_defaults_to_the_estimators_error_and_zero_for_a_given_map(tmp_pa
     assert np.abs(run("g", *given) - run("g1", *given, "--margin", "1")).max() > 0.01
     est = ("--weights", str(tiny_weights))
     np.testing.assert_array_equal(run("e", *est), run("em", *est, "--margin", str(ESTIMATED_MAP_MARGIN)))
+    # a map file from `defocus estimate` (its JSON sidecar names the model) counts as estimated
+    np.save(tmp_path / "est.defocus.npy", np.full((48, 64), 2.0, np.float32))
+    (tmp_path / "est.defocus.json").write_text('{"model": {"name": "dmenet-lite"}}')
+    from_file = ("--map", str(tmp_path / "est.defocus.npy"))
+    np.testing.assert_array_equal(run("f", *from_file), run("f1", *given, "--margin", str(ESTIMATED_MAP_MARGIN)))
+    (tmp_path / "est.defocus.json").write_text("not json")
+    np.testing.assert_array_equal(run("f2", *from_file), run("g0b", *given, "--margin", "0"))
