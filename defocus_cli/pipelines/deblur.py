@@ -349,7 +349,7 @@ def deblur(
         raise ValueError("deblur: the defocus map must be finite and >= 0 everywhere")
     rgb = rgb.astype(np.float32, copy=False)
     if config.map_margin > 0:
-        sigma = np.maximum(sigma - np.float32(config.map_margin), 0).astype(np.float32)
+        sigma = np.maximum(sigma - config.map_margin, 0)
     h, w = sigma.shape
     clipped = None if config.saturation is None else clipped_mask(rgb, config.saturation)
     keep = None if clipped is None else saturation_keep(clipped, sigma)

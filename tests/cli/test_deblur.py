@@ -141,7 +141,8 @@ def test_margin_defaults_to_the_estimators_error_and_zero_for_a_given_map(tmp_pa
         return read_image(out / "p.deblurred.png").pixels
 
     given = ("--map", str(tmp_path / "p.defocus.npy"))
-    np.testing.assert_array_equal(run("g", *given), run("g0", *given, "--margin", "0"))
+    given_no_margin = run("g0", *given, "--margin", "0")
+    np.testing.assert_array_equal(run("g", *given), given_no_margin)
     assert np.abs(run("g", *given) - run("g1", *given, "--margin", "1")).max() > 0.01
     est = ("--weights", str(tiny_weights))
     np.testing.assert_array_equal(run("e", *est), run("em", *est, "--margin", str(ESTIMATED_MAP_MARGIN)))
@@ -151,4 +152,4 @@ def test_margin_defaults_to_the_estimators_error_and_zero_for_a_given_map(tmp_pa
     from_file = ("--map", str(tmp_path / "est.defocus.npy"))
     np.testing.assert_array_equal(run("f", *from_file), run("f1", *given, "--margin", str(ESTIMATED_MAP_MARGIN)))
     (tmp_path / "est.defocus.json").write_text("not json")
-    np.testing.assert_array_equal(run("f2", *from_file), run("g0b", *given, "--margin", "0"))
+    np.testing.assert_array_equal(run("f2", *from_file), given_no_margin)
