@@ -44,8 +44,8 @@ def deblur(
         "--channels", help="luma: deconvolve brightness only (default; 3x faster, as good on "
                            "JPEG photos); rgb: each colour channel.")] = "luma",
     threads: Annotated[int, typer.Option(
-        "--threads", help="CPU threads for the FFTs (0 = torch's default). 1 is much faster "
-                          "on a machine busy with other work.")] = 0,
+        "--threads", help="CPU threads (0 = torch's default, one per core): frames are "
+                          "deconvolved in parallel, one per thread.")] = 0,
     output: OutputOpt = None,
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,

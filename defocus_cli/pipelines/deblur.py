@@ -24,8 +24,11 @@ the area each level actually covers (benchmarks/README.md, "deblur").
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,8 @@ from defocus_cli.ops.deconv import (
     gaussian_kernel,
     good_fft_size,
     reflect_frame,
+    scratch_buffers,
+    thread_scratch_buffers,
 )
 
 
@@ -196,10 +201,15 @@ def _tile_spans(n: int, pitch: int, overlap: int) -> list[tuple[int, int, np.nda
 
 
 def _clamped_frame(a: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """a[y0:y1, x0:x1] with indices outside the array clamped to its edge."""
-    ys = np.clip(np.arange(y0, y1), 0, a.shape[0] - 1)
-    xs = np.clip(np.arange(x0, x1), 0, a.shape[1] - 1)
-    return a[ys[:, None], xs[None, :]]
+    """a[y0:y1, x0:x1] with indices outside the array clamped to its edge (a copy)."""
+    h, w = a.shape[:2]
+    ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    if yb <= ya or xb <= xa:  # no overlap with the array: index every pixel
+        ys = np.clip(np.arange(y0, y1), 0, h - 1)
+        xs = np.clip(np.arange(x0, x1), 0, w - 1)
+        return a[ys[:, None], xs[None, :]]
+    pad = ((ya - y0, y1 - yb), (xa - x0, x1 - xb)) + ((0, 0),) * (a.ndim - 2)
+    return np.pad(a[ya:yb, xa:xb], pad, mode="edge")
 
 
 def clipped_mask(rgb: np.ndarray, level: float) -> np.ndarray | None:
@@ -322,20 +332,65 @@ def _restore_tile(
     return frame[top : top + eh, left : left + ew] + up[oy : oy + eh, ox : ox + ew], fh * fw
 
 
+def _ordered_map(fn: Callable, jobs: list, workers: int | None, device: Any) -> Iterator:
+    """fn over jobs, results yielded in job order; ``workers`` threads on the CPU.
+
+    Each worker thread has its own deconvolution scratch buffers and torch runs with one
+    thread meanwhile. At most 2 * workers jobs are in flight, so finished frames waiting for
+    an earlier one stay few.
+    """
+    import torch
+
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if workers is None:
+        workers = torch.get_num_threads() if on_cpu else 1
+    workers = min(workers, max(len(jobs), 1)) if on_cpu else 1
+    if workers == 1:
+        with scratch_buffers():
+            yield from map(fn, jobs)
+        return
+
+    def start_worker() -> None:
+        torch.set_num_threads(1)
+        thread_scratch_buffers()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, initializer=start_worker) as pool:
+            pending: deque = deque()
+            queue = iter(jobs)
+            for job in itertools.islice(queue, 2 * workers):
+                pending.append(pool.submit(fn, job))
+            while pending:
+                result = pending.popleft().result()
+                for job in itertools.islice(queue, 1):
+                    pending.append(pool.submit(fn, job))
+                yield result
+    finally:
+        torch.set_num_threads(threads)
+
+
 def deblur(
     rgb: np.ndarray,
     sigma: np.ndarray,
     config: DeblurConfig = DeblurConfig(),
     *,
     device: Any = None,
+    workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DeblurResult:
     """Spatially varying deblur of ``rgb`` given its defocus map.
 
     rgb: (H, W, 3) float32 in [0, 1]. sigma: (H, W) float, Gaussian blur sigma in px of rgb,
     finite and >= 0 (see match_map_to_image for maps of another resolution). device: None for
-    numpy, or a torch.device for torch.fft on it (faster on CPU too). progress(done, total) is
-    called after each deconvolved frame.
+    numpy, or a torch.device for torch.fft on it (faster on CPU too). workers: frames
+    deconvolved at once on the CPU, each by one thread (torch runs single-threaded meanwhile
+    and its thread count is restored afterwards); independent frames scale better than
+    threads inside each small FFT, and degrade gracefully on a busy machine. None: torch's
+    thread count on the CPU, 1 on a GPU. Results are added in job order, so any worker count
+    gives the same image as one worker with one torch thread, bit for bit.
+    progress(done, total) is called after each frame.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
@@ -347,6 +402,8 @@ def deblur(
         )
     if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
         raise ValueError("deblur: the defocus map must be finite and >= 0 everywhere")
+    if workers is not None and workers < 1:
+        raise ValueError(f"deblur: workers must be >= 1, got {workers}")
     rgb = rgb.astype(np.float32, copy=False)
     if config.map_margin > 0:
         sigma = np.maximum(sigma - config.map_margin, 0)
@@ -385,23 +442,33 @@ def deblur(
                     jobs.append((k, ti, tj))
     jobs.sort()  # level-major: consecutive frames share kernel and FFT constants
 
-    frame_pixels = 0
-    for done, (k, ti, tj) in enumerate(jobs, start=1):
+    def run(job: tuple[int, int, int]) -> tuple | None:
+        k, ti, tj = job
         y0, y1, wy = ys[ti]
         x0, x1, wx = xs[tj]
         jj, tt = j[y0:y1, x0:x1], t[y0:y1, x0:x1]
-        wk = np.where(jj == k, 1.0 - tt, 0.0) + np.where(jj + 1 == k, tt, 0.0)
-        wk = (wk * np.outer(wy, wx)).astype(np.float32)
-        fraction[k] += float(wk.sum()) / (h * w)
         # only the bounding box of this level's pixels in the tile is deconvolved
-        rows, cols = np.flatnonzero(wk.any(axis=1)), np.flatnonzero(wk.any(axis=0))
+        used = ((jj == k) & (tt < 1.0)) | ((jj == k - 1) & (tt > 0.0))
+        rows, cols = np.flatnonzero(used.any(axis=1)), np.flatnonzero(used.any(axis=0))
         if rows.size == 0:
-            continue
+            return None
         by0, by1, bx0, bx1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        jb, tb = jj[by0:by1, bx0:bx1], tt[by0:by1, bx0:bx1]
+        wk = np.where(jb == k, 1.0 - tb, np.where(jb == k - 1, tb, 0.0)).astype(np.float32)
+        wk *= np.outer(wy[by0:by1], wx[bx0:bx1])
         box = (y0 + by0, y0 + by1, x0 + bx0, x0 + bx1)
         restored, pixels = _restore_tile(src, sigma, levels, k, box, config, device, keep)
-        out[box[0] : box[1], box[2] : box[3]] += restored * wk[by0:by1, bx0:bx1, None]
-        frame_pixels += pixels
+        restored *= wk[..., None]
+        return k, box, restored, float(wk.sum(dtype=np.float64)), pixels
+
+    frame_pixels = 0
+    # results are added in job order whatever the worker count: the same output bit for bit
+    for done, result in enumerate(_ordered_map(run, jobs, workers, device), start=1):
+        if result is not None:
+            k, box, restored, weight, pixels = result
+            out[box[0] : box[1], box[2] : box[3]] += restored
+            fraction[k] += weight / (h * w)
+            frame_pixels += pixels
         if progress is not None:
             progress(done, len(jobs))
 

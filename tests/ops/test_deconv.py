@@ -10,6 +10,7 @@ from defocus_cli.ops.deconv import (
     deconvolve,
     deconvolve_frame,
     gaussian_kernel,
+    scratch_buffers,
     good_fft_size,
     reflect_frame,
     solve_w,
@@ -226,6 +227,36 @@ def test_torch_backend_matches_numpy(alpha: float) -> None:
     # the w-step thresholds are discontinuous, so float rounding can flip a few pixels
     assert np.mean(np.abs(a - b)) < 1e-4
     assert np.max(np.abs(a - b)) < 2e-2
+
+
+def test_scratch_buffers_are_reused_without_aliasing_results() -> None:
+    """Inside scratch_buffers() frames of different sizes share scratch tensors; each result is
+    its own copy (a later frame does not overwrite it) and equals the unshared result."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    kernel = gaussian_kernel(1.5)
+    big = blur(synthetic_scene(rng, 72, 90), kernel)
+    small = blur(synthetic_scene(rng, 40, 50), kernel)
+    cpu = torch.device("cpu")
+    want_big, want_small = deconvolve(big, kernel, device=cpu), deconvolve(small, kernel, device=cpu)
+    with scratch_buffers():
+        got_big = deconvolve(big, kernel, device=cpu)
+        got_small = deconvolve(small, kernel, device=cpu)
+        again = deconvolve(big, kernel, device=cpu)
+    np.testing.assert_array_equal(got_big, want_big)
+    np.testing.assert_array_equal(got_small, want_small)
+    np.testing.assert_array_equal(again, want_big)
+
+
+def test_w_step_beyond_the_table_and_below_beta_one() -> None:
+    """|v| past the lookup table's end (Newton from u = v) and beta < 1 (Newton from the
+    table) against brute force."""
+    rng = np.random.default_rng(5)
+    for beta in (0.3, 181.0):
+        v = rng.uniform(-6.0, 6.0, 80) * (1.0 if beta > 1 else 4.0)
+        got = solve_w(v, beta, 0.8)
+        want = brute_force_w(v, beta, 0.8)
+        assert np.max(np.abs(got - want)) < 1e-4 * max(1.0, np.max(np.abs(v)))
 
 
 def test_input_validation_messages() -> None:

@@ -279,8 +279,35 @@ def test_torch_device_matches_numpy() -> None:
     assert np.abs(a - b).mean() < 1e-4
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_parallel_workers_give_the_same_image(device: str | None) -> None:
+    """Frames deconvolved by 3 threads (many small tiles, several levels each) are added in job
+    order: the image equals the one-thread result bit for bit, and torch's thread count is
+    restored afterwards (one worker uses torch's threads, whose FFTs may round differently)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    img = scene(rng, 120, 150)
+    yy, xx = np.mgrid[0:120, 0:150]
+    sigma = (0.6 + 3.0 * xx / 149 + 0.5 * np.sin(yy / 15)).astype(np.float32)
+    cfg = clean(tile=40, overlap=4, layers=6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = deblur(img, sigma, cfg, device=device, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    three = deblur(img, sigma, cfg, device=device, workers=3)
+    assert one.frames == three.frames > 20
+    assert np.array_equal(one.image, three.image)
+    np.testing.assert_array_equal(one.layer_fraction, three.layer_fraction)
+    assert torch.get_num_threads() == threads
+    assert psnr(one.image, img) < 60  # it did change the image
+
+
 def test_input_validation() -> None:
     img = np.zeros((8, 8, 3), np.float32)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        deblur(img, np.ones((8, 8), np.float32), workers=0)
     with pytest.raises(ValueError, match=r"rgb must be \(H, W, 3\)"):
         deblur(np.zeros((8, 8)), np.zeros((8, 8)))
     with pytest.raises(ValueError, match="must equal the image's"):
