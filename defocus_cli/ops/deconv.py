@@ -190,6 +190,10 @@ class _NumpyBackend:
         return np.array(a, dtype=np.float32, order="C", copy=True)
 
 
+#: elements per chunk of the table w-step's scratch (4 MB float32)
+_W_CHUNK = 1 << 20
+
+
 class _Arena:
     """Scratch tensors reused across the iterations and frames of a deconvolution.
 
@@ -311,6 +315,15 @@ class _TorchBackend:
             pair = torch.take(table.complex_tensor(torch.complex128, v.device), i)
             pr = torch.view_as_real(pair)
             return torch.addcmul(pr[..., 0], pr[..., 1], idx.sub_(i))
+        out = self._buf("w", v.shape)
+        flat_v, flat_out = v.reshape(-1), out.view(-1)
+        # in chunks, so the scratch does not grow with the frame (a whole 12 MP image)
+        for a in range(0, flat_v.numel(), _W_CHUNK):
+            self._table_w_chunk(flat_v[a : a + _W_CHUNK], table, flat_out[a : a + _W_CHUNK])
+        return out
+
+    def _table_w_chunk(self, v, table: "_ScaledTable", out) -> None:
+        torch = self.torch
         shape = v.shape
         idx = self._buf("idx", shape)
         torch.mul(v, table.inv_dz, out=idx)
@@ -332,7 +345,7 @@ class _TorchBackend:
             idx.sub_(i)
             torch.take(table.complex_tensor(torch.complex64, v.device), i, out=pair)
         pr = torch.view_as_real(pair)
-        return torch.addcmul(pr[..., 0], pr[..., 1], idx, out=self._buf("w", shape))
+        torch.addcmul(pr[..., 0], pr[..., 1], idx, out=out)
 
     def gradients(self, x):
         """(2, ...) periodic forward differences of x: [0] along the width, [1] the height."""
@@ -505,7 +518,7 @@ class _ScaledTable:
         return self._cache[key]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _scaled_table(alpha: float, beta: float) -> _ScaledTable:
     return _ScaledTable(alpha, beta)
 
@@ -692,6 +705,10 @@ def _taper_weights(n: int, lo: int, hi: int) -> np.ndarray:
     return w
 
 
+#: frames up to this many pixels keep their Fourier constants and taper in a cache
+_CACHE_MAX_PIXELS = 1 << 22
+
+
 @functools.lru_cache(maxsize=8)
 def _taper_frame(h: int, w: int, keep: tuple[int, int, int, int]) -> np.ndarray:
     """(h, w) float32 weight: 1 on the kept box, raised-cosine to 0 across the context band."""
@@ -827,7 +844,11 @@ def _deconvolve_frame(xp, frame, kernel, keep, config, unknown) -> np.ndarray:
     shape = (h, w)
     band = max(min(y0, x0, h - y1, w - x1), 1)
     kernel = np.asarray(kernel, dtype=np.float64)
-    consts = _spectral_constants(kernel.tobytes(), kernel.shape, shape, band)
+    # frames of a layered deblur repeat shapes and kernels; a whole large image does not, and
+    # its constants (hundreds of MB) are not kept
+    cached = h * w <= _CACHE_MAX_PIXELS
+    spectra = _spectral_constants if cached else _spectral_constants.__wrapped__
+    consts = spectra(kernel.tobytes(), kernel.shape, shape, band)
 
     y = xp.asarray(frame)
     if unknown is not None:
@@ -845,7 +866,7 @@ def _deconvolve_frame(xp, frame, kernel, keep, config, unknown) -> np.ndarray:
         num = xp.irfft2(xp.rfft2(yk) * near, shape) + eps * mean
         den = xp.irfft2(xp.rfft2(known) * near, shape) + eps
         y = known * y + m * (num / den)
-    weight = xp.constant(_taper_frame(h, w, keep))
+    weight = xp.constant((_taper_frame if cached else _taper_frame.__wrapped__)(h, w, keep))
     # cross-fade the context band into a periodic low-pass copy (see module docstring)
     smooth = xp.irfft2(xp.rfft2(y) * xp.constant(consts.smooth_tf), shape)
     y = smooth + weight * (y - smooth)

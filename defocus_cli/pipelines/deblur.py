@@ -18,8 +18,10 @@ The paper deconvolves "the decomposed layers" and composes them. Here:
    input (clipping breaks the blur model); by default only the luma is deconvolved and its
    change added to R, G and B.
 
-Memory is bounded by one tile's frame plus the full-size output; the work is proportional to
-the area each level actually covers (benchmarks/README.md, "deblur").
+Memory is bounded by one tile's frame per worker plus the full-size output; the work is
+proportional to the area each level actually covers. Frames are independent, so worker threads
+deconvolve several at once (one torch thread each) and the main thread adds them to the output
+in a fixed order (benchmarks/README.md, "deblur").
 """
 
 from __future__ import annotations
