@@ -248,6 +248,30 @@ def test_scratch_buffers_are_reused_without_aliasing_results() -> None:
     np.testing.assert_array_equal(again, want_big)
 
 
+def test_torch_take_gather_matches_numpy_gather() -> None:
+    """The w-step's GPU gather (torch.take, int64 cells) run on the CPU equals the CPU one
+    (numpy gather, cells from the float32 rounding trick), also across chunks."""
+    torch = pytest.importorskip("torch")
+    from defocus_cli.ops import deconv
+
+    rng = np.random.default_rng(6)
+    v = torch.from_numpy(rng.normal(0, 0.3, (2, 1, 700, 800)).astype(np.float32))
+    thr = deconv.w_threshold(0.8, 64.0)
+    # zero, past the table's end (Newton) on both sides, just above and below the threshold
+    v[0, 0, 0, :5] = torch.tensor([0.0, 5.0, -5.0, thr * 1.001, -thr * 0.999])
+    outs = []
+    for numpy_gather in (True, False):
+        xp = deconv._TorchBackend("cpu")
+        xp.numpy_gather = numpy_gather
+        outs.append(deconv._solve_w(v, 64.0, 0.8, xp).clone())
+    assert v.numel() > deconv._W_CHUNK  # more than one chunk
+    # the two floors may pick neighbouring cells (f ~ 1 vs f ~ 0): float32 rounding apart
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
+    assert outs[0][0, 0, 0, 3] > 0 and outs[0][0, 0, 0, 4] == 0
+    want = solve_w(v.numpy(), 64.0, 0.8)
+    np.testing.assert_allclose(outs[0].numpy(), want, rtol=0, atol=1e-6)
+
+
 def test_w_step_beyond_the_table_and_below_beta_one() -> None:
     """|v| past the lookup table's end (Newton from u = v) and beta < 1 (Newton from the
     table) against brute force."""
