@@ -37,7 +37,7 @@ def deblur(
         "--sharp", help="Pixels blurred by at most this sigma (px) keep the input.")] = 0.5,
     margin: Annotated[Optional[float], typer.Option(
         "--margin", help="px subtracted from the map before deblurring (too large a sigma rings, "
-                         "too small only sharpens less). Default: 0.5 for estimated maps (their "
+                         "too small only sharpens less). Default: 0.625 for estimated maps (their "
                          "measured error on real photos), also a --map whose JSON sidecar from "
                          "`defocus estimate` names the model; 0 for other maps.")] = None,
     channels: Annotated[str, typer.Option(

@@ -72,7 +72,7 @@ def run(
     deblur: Annotated[bool, typer.Option(
         "--deblur", help="Also deblur each photo with its estimated map and measure PSNR/SSIM against "
                          "sharp/ (deblurring pairs), with the gain over the input. Deblurs as `defocus "
-                         "deblur` does with an estimated map (its defaults, --margin 0.5).")] = False,
+                         "deblur` does with an estimated map (its defaults, --margin 0.625).")] = False,
     radius_table: Annotated[Optional[Path], typer.Option(
         "--radius-table", help="CSV gaussian_sigma_px,disk_radius_px for datasets with disk-radius labels "
                                "(radius/), e.g. ../shared/data/tables/rtf_sigma_to_disk_radius.csv.")] = None,

@@ -51,9 +51,11 @@ from defocus_cli.ops.deconv import (
 #: blur of real photos (by +0.56 px on the held-out dfd-indoor scenes, weights/README.md).
 #: Chosen on the 8 validation scenes of datasets/dfd-real (never trained on, f/2.8 photo vs its
 #: registered f/8 shot, the `defocus eval --deblur` protocol), mean PSNR change (worst scene):
-#: margin 0: -0.34 dB (-0.71), 0.25: -0.04 (-0.32), 0.5: +0.05 (-0.11), 0.75: +0.04 (-0.02),
-#: 1.0: +0.01 (-0.01) (benchmarks/README.md, "deblur").
-ESTIMATED_MAP_MARGIN = 0.5
+#: margin 0: -0.34 dB (-0.71), 0.25: -0.04 (-0.32), 0.5: +0.05 (-0.11), 0.625: +0.06 (-0.02),
+#: 0.75: +0.04 (-0.02), 0.875: +0.02 (-0.01), 1.0: +0.01 (-0.01) (benchmarks/README.md,
+#: "deblur"). 0.625 has the best mean and, with 0.75, the best worst case short of giving up
+#: the gain: the issue's target is "never worse", so the worst scene counts (session 4; 0.5 before).
+ESTIMATED_MAP_MARGIN = 0.625
 
 
 @dataclass(frozen=True)
