@@ -362,13 +362,12 @@ def _ordered_map(fn: Callable, jobs: list, workers: int | None, device: Any) -> 
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(workers, initializer=start_worker) as pool:
-            pending: deque = deque()
             queue = iter(jobs)
-            for job in itertools.islice(queue, 2 * workers):
-                pending.append(pool.submit(fn, job))
+            pending = deque(pool.submit(fn, job) for job in itertools.islice(queue, 2 * workers))
             while pending:
                 result = pending.popleft().result()
-                for job in itertools.islice(queue, 1):
+                job = next(queue, None)
+                if job is not None:
                     pending.append(pool.submit(fn, job))
                 yield result
     finally:
