@@ -324,13 +324,14 @@ class _TorchBackend:
         idx.add_(table.offset).clamp_(0.0, table.top)
         pair = self._buf("pair", shape, torch.complex64)
         if self.numpy_gather:
-            # floor(idx) without a float -> int64 pass: adding 2^23 - 1/2 rounds idx - 1/2 to
-            # an integer held in the float32 mantissa (0 <= idx < 2^22; a tie rounds down to
-            # the previous cell with f = 1, the same value), and numpy's gather is 2x faster
-            # than torch.take here
+            # floor(idx) without a float -> int conversion pass: adding 2^23 - 1/2 rounds
+            # idx - 1/2 to an integer held in the float32 mantissa (0 <= idx < 2^22; a tie
+            # rounds down to the previous cell with f = 1, the same value). The cells go to
+            # int64 (numpy's gather converts int32 indices itself: 5.4 vs 1.2 ms per 660k),
+            # and numpy's gather beats torch.take here
             m = self._buf("round", shape)
             torch.add(idx, 8388607.5, out=m)
-            i = self._buf("cell", shape, torch.int32)
+            i = self._buf("cell", shape, torch.int64)
             torch.sub(m.view(torch.int32), 0x4B000000, out=i)
             idx.sub_(m.sub_(8388608.0))
             np.take(table.complex_array(np.complex64), i.numpy(), out=pair.numpy())
