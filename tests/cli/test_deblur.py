@@ -153,3 +153,29 @@ def test_margin_defaults_to_the_estimators_error_and_zero_for_a_given_map(tmp_pa
     np.testing.assert_array_equal(run("f", *from_file), run("f1", *given, "--margin", str(ESTIMATED_MAP_MARGIN)))
     (tmp_path / "est.defocus.json").write_text("not json")
     np.testing.assert_array_equal(run("f2", *from_file), given_no_margin)
+
+
+def test_threads_set_the_frame_workers_without_changing_the_image(tmp_path):
+    """--threads N deconvolves N frames at once; the image is the same bit for bit (the results
+    are added in a fixed order), and a negative count is a usage error."""
+    import torch
+
+    _blurred_photo(tmp_path / "p.png", bit_depth=16)
+    ramp = np.broadcast_to(np.linspace(0.2, 4.0, 64, dtype=np.float32), (48, 64))
+    np.save(tmp_path / "ramp.npy", np.ascontiguousarray(ramp))
+    threads = torch.get_num_threads()
+    images = []
+    try:
+        for n in (1, 3):
+            out = tmp_path / f"t{n}"
+            result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(tmp_path / "ramp.npy"),
+                                         "--device", "cpu", "--threads", str(n), "-o", str(out)])
+            assert result.exit_code == 0, result.output
+            images.append(read_image(out / "p.deblurred.png").pixels)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(images[0], images[1])
+    assert np.abs(images[0] - read_image(tmp_path / "p.png").pixels).max() > 0.01
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(tmp_path / "ramp.npy"),
+                                 "--threads", "-1"])
+    assert result.exit_code == 2 and "--threads must be >= 0" in result.output
