@@ -105,9 +105,6 @@ class _NumpyBackend:
     def asarray(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a, dtype=np.float32)
 
-    def to_numpy(self, a: np.ndarray) -> np.ndarray:
-        return a
-
     def rfft2(self, a):
         return np.fft.rfft2(a, axes=(-2, -1))
 
@@ -117,7 +114,6 @@ class _NumpyBackend:
     def constant(self, a: np.ndarray):
         return a
 
-    where = staticmethod(np.where)
     sqrt = staticmethod(np.sqrt)
     abs = staticmethod(np.abs)
     sign = staticmethod(np.sign)
@@ -246,9 +242,6 @@ class _TorchBackend:
     def asarray(self, a: np.ndarray):
         return self.torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=self.device)
 
-    def to_numpy(self, a) -> np.ndarray:
-        return a.detach().cpu().numpy()
-
     def rfft2(self, a):
         return self.torch.fft.rfft2(a, dim=(-2, -1))
 
@@ -257,9 +250,6 @@ class _TorchBackend:
 
     def constant(self, a: np.ndarray):
         return self.torch.as_tensor(a, device=self.device)
-
-    def where(self, c, a, b):
-        return self.torch.where(c, a, b)
 
     def sqrt(self, a):
         return self.torch.sqrt(a)
