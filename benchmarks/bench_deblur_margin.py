@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from defocus_cli.cli.common import load_estimator
+    from defocus_cli.estimator import load_estimator
 
     torch.set_num_threads(args.threads)
     margins = [float(m) for m in args.margins.split(",")]

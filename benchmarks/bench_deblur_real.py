@@ -180,7 +180,7 @@ def main() -> None:
     device = None if args.device == "numpy" else args.device
     estimator = None
     if args.estimated:
-        from defocus_cli.cli.common import load_estimator
+        from defocus_cli.estimator import load_estimator
 
         as_file = Path(args.estimated)
         estimator = load_estimator(weights=as_file) if as_file.suffix == ".pt" else \

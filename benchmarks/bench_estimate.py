@@ -126,7 +126,7 @@ def stage_times(photo: Path, weight_args: list[str]) -> dict:
 import time, json, sys
 t0 = time.perf_counter()
 import torch, numpy as np
-from defocus_cli.cli.common import load_estimator
+from defocus_cli.estimator import load_estimator
 from defocus_cli.io.images import read_image, save_npy, save_png16, save_preview
 t1 = time.perf_counter()
 args = {weight_args!r}

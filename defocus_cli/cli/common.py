@@ -1,45 +1,34 @@
 """Plumbing shared by the per-photo commands (estimate, magnify, deblur, depth).
 
 - expand_inputs: files, folders (optionally recursive) and globs -> photo paths
-- output_path: NAME.<suffix> in --output or beside the input
 - run_batch: progress bar, skip-existing, never-overwrite-input, per-file errors, summary table,
   list of failures and the exit code
-- the --device/--precision/--model/--weights options and `load_estimator`, which loads the
-  network once per batch, and `obtain_map`, which reads --map or estimates a map.
+- the options the per-photo commands share (--device, --precision, --model, --weights, --map)
+  and `prepare_estimator`, which loads the network once per batch (when it is needed).
 
-Only this layer prints and turns DefocusError into exit codes. torch is imported lazily.
+The work on each photo is the library's (``defocus_cli.photos``); only this layer prints and
+turns DefocusError into exit codes. torch is imported lazily.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typing_extensions import Annotated
 
-from defocus_cli.errors import DefocusError, InputError
-from defocus_cli.models import DEFAULT_MODEL
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from defocus_cli.io.images import Image
+from defocus_cli.errors import DefocusError, InputError, ProcessingError
 
 console = Console(stderr=True)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
-#: name parts of files this tool writes; folders are scanned without them, so a second run
-#: over a folder does not take the first run's outputs for photos
-OUTPUT_MARKERS = (".defocus.", ".magnified.", ".deblurred.", ".depth.")
 
 # ---------------------------------------------------------------------------------------------
 # options shared by several commands
@@ -64,11 +53,10 @@ MapOpt = Annotated[Optional[Path], typer.Option(
                   "or a folder holding NAME.defocus.npy for each photo. Default: estimate it.")]
 
 
-def is_output_name(path: Path) -> bool:
-    return any(marker in path.name for marker in OUTPUT_MARKERS)
-
-
 def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    from defocus_cli.io.images import IMAGE_SUFFIXES
+    from defocus_cli.photos import is_output_name
+
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern)
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_output_name(p)
@@ -81,6 +69,8 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
     A missing file stays in the list (it fails in the batch with its own message). A folder or
     glob that yields no photo raises InputError.
     """
+    from defocus_cli.photos import is_output_name
+
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -122,11 +112,6 @@ def prepare_output_dir(output: Path | None) -> None:
         raise InputError(f"{output}: output folder is not writable")
 
 
-def output_path(photo: Path, output: Path | None, suffix: str) -> Path:
-    """NAME.<suffix> in ``output``, or beside the photo when ``output`` is None."""
-    return (output or photo.parent) / f"{photo.stem}.{suffix}"
-
-
 # ---------------------------------------------------------------------------------------------
 # the batch runner
 
@@ -152,7 +137,8 @@ def run_batch(
 
     process(photo) does the work, writes the files named by outputs(photo) and returns summary
     columns. A photo whose outputs all exist is skipped unless ``overwrite``. A DefocusError or
-    an OS error fails that photo only; the batch goes on.
+    an OS error fails that photo only, and so does running out of memory (host or
+    accelerator); the batch goes on.
     """
     outcomes: list[Outcome] = []
     claimed: dict[Path, Path] = {}
@@ -174,7 +160,13 @@ def run_batch(
             except DefocusError as e:
                 outcomes.append(Outcome(photo, "failed", {}, time.perf_counter() - t0, e))
             except MemoryError:
-                err = DefocusError(f"{photo}: out of memory (try a smaller --working-size)")
+                err = ProcessingError(f"{photo}: out of memory (try a smaller --working-size)")
+                outcomes.append(Outcome(photo, "failed", {}, time.perf_counter() - t0, err))
+            except RuntimeError as e:
+                if not _is_out_of_memory(e):
+                    raise
+                err = ProcessingError(f"{photo}: out of accelerator memory (try a smaller "
+                                      "--working-size or --device cpu)")
                 outcomes.append(Outcome(photo, "failed", {}, time.perf_counter() - t0, err))
             except OSError as e:  # disk full, permission denied while writing, ...
                 err = DefocusError(f"{photo}: {e.strerror or e} ({e.filename or ''})".rstrip(" ()"))
@@ -189,6 +181,12 @@ def run_batch(
         console.print(f"[red]{len(failed)} of {len(outcomes)} failed[/red]", highlight=False)
         return max(o.error.exit_code for o in failed)
     return 0
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA and other accelerators), without importing torch for it."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(e, torch.OutOfMemoryError)
 
 
 def _message(o: Outcome) -> str:
@@ -240,122 +238,21 @@ def fail(error: DefocusError) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
-# ---------------------------------------------------------------------------------------------
-# the network, once per batch
+def prepare_estimator(model: str, weights: Path | None, device: str, precision: str, needed: bool):
+    """A LazyEstimator for the batch; loaded now when ``needed`` (a bad model or device is then
+    one error before the batch, not one per photo)."""
+    from defocus_cli.estimator import LazyEstimator
+
+    estimator = LazyEstimator(model, weights, device, precision)
+    if needed:
+        estimator.get()
+    return estimator
 
 
-@dataclass
-class Estimator:
-    """A loaded network with where and how it runs."""
+def map_label(origin: dict[str, Any]) -> str:
+    """The summary table's word for where a map came from."""
+    from defocus_cli.maps import is_estimated
 
-    model: Any  # BlurNet
-    meta: dict[str, Any]
-    device: Any  # torch.device
-    dtype: Any  # torch.dtype | None
-
-    def describe(self) -> dict[str, Any]:
-        from defocus_cli.device import precision_name
-
-        cfg = self.meta.get("config", {})
-        return {"name": self.meta.get("name"), "sha256": self.meta.get("sha256"),
-                "architecture": self.meta.get("architecture"), "width": cfg.get("width"),
-                "sigma_max": self.meta.get("sigma_max"), "device": str(self.device),
-                "precision": precision_name(self.dtype)}
-
-    def estimate(self, rgb: "np.ndarray", working_size: int | None = None, refine: bool = True):
-        """-> pipelines.estimate.EstimateResult for an (H, W, 3) float32 RGB photo."""
-        from defocus_cli.pipelines.estimate import DEFAULT_WORKING_SIZE, EstimateConfig, estimate_defocus
-
-        ws = DEFAULT_WORKING_SIZE if working_size is None else working_size
-        config = EstimateConfig(working_size=ws or None, refine=refine)
-        return estimate_defocus(rgb, self.model, self.meta, config, self.dtype)
-
-
-def load_estimator(model: str = DEFAULT_MODEL, weights: Path | None = None, device: str = "auto",
-                   precision: str = "auto") -> Estimator:
-    """Choose the device and precision, load and verify the weights (DefocusError on failure)."""
-    import torch
-
-    from defocus_cli.device import resolve_device, resolve_precision
-    from defocus_cli.models.b import fuse_for_inference
-    from defocus_cli.models.registry import load_model
-
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    net, meta = load_model(weights if weights is not None else model, dev)
-    # BN folded into the convolutions and NHWC layout: both measured faster for inference
-    # (benchmarks/README.md); the outputs are the same to float rounding
-    net = fuse_for_inference(net).to(memory_format=torch.channels_last)
-    return Estimator(net, meta, dev, dtype)
-
-
-class LazyEstimator:
-    """Loads the network on first use, so commands given maps for every photo never load it."""
-
-    def __init__(self, model: str, weights: Path | None, device: str, precision: str) -> None:
-        self._args = (model, weights, device, precision)
-        self._estimator: Estimator | None = None
-
-    def get(self) -> Estimator:
-        if self._estimator is None:
-            self._estimator = load_estimator(*self._args)
-        return self._estimator
-
-    @property
-    def loaded(self) -> bool:
-        return self._estimator is not None
-
-
-def check_map_option(map_opt: Path | None, photos: list[Path]) -> None:
-    """--map is a folder of NAME.defocus.npy maps, or one map file for a single photo."""
-    if map_opt is None or map_opt.is_dir():
-        return
-    if not map_opt.is_file():
-        raise InputError(f"{map_opt}: --map not found")
-    if len(photos) > 1:
-        raise InputError(f"{map_opt}: one map file fits one photo; for {len(photos)} photos "
-                         "give a folder of NAME.defocus.npy maps")
-
-
-def obtain_map(photo: Path, image: "Image", map_opt: Path | None, estimator: LazyEstimator,
-               working_size: int | None = None) -> tuple["np.ndarray", dict[str, Any]]:
-    """The defocus map (H, W) float32 sigma in px of ``image``, and where it came from.
-
-    ``map_opt``: a map file (used as is), a folder holding NAME.defocus.npy, or None (estimate).
-    A map of another size with the photo's aspect ratio is resized, its sigma rescaled.
-    """
-    import cv2
-    import numpy as np
-
-    from defocus_cli.io.images import load_map
-
-    if map_opt is None:
-        est = estimator.get()
-        result = est.estimate(image.pixels, working_size)
-        return result.sigma, {"source": "estimated", "model": est.describe(),
-                              "working_size": list(result.working_size)}
-    path = map_opt / f"{photo.stem}.defocus.npy" if map_opt.is_dir() else map_opt
-    sigma = load_map(path)
-    H, W = image.pixels.shape[:2]
-    if sigma.shape != (H, W):
-        h, w = sigma.shape
-        if abs(w / h - W / H) > 0.02:
-            raise InputError(f"{path}: map is {w}x{h} but the photo {photo.name} is {W}x{H}")
-        sigma = cv2.resize(sigma, (W, H), interpolation=cv2.INTER_LINEAR) * np.float32(W / w)
-    if not np.all(np.isfinite(sigma)) or sigma.min() < 0:
-        raise InputError(f"{path}: map must be finite and >= 0 (Gaussian sigma in px)")
-    return sigma, {"source": str(path), **_estimated_by(path)}
-
-
-def _estimated_by(map_path: Path) -> dict[str, Any]:
-    """{"estimated_by": model name} when the map file's JSON sidecar (NAME.defocus.json, written
-    by `defocus estimate`) says a network made it; {} for other maps."""
-    sidecar = map_path.with_suffix(".json")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return {}
-    model = meta.get("model") if isinstance(meta, dict) else None
-    if not isinstance(model, dict):
-        return {}
-    return {"estimated_by": str(model.get("name") or model.get("sha256") or "a network")}
+    if origin.get("source") == "estimated":
+        return "estimated"
+    return "given (estimated)" if is_estimated(origin) else "given"

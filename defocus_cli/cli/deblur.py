@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing_extensions import Annotated
 
-from defocus_cli.cli.common import (DeviceOpt, LazyEstimator, MapOpt, ModelOpt, OutputOpt,
-                                    OverwriteOpt, PhotosArg, PrecisionOpt, RecursiveOpt, WeightsOpt,
-                                    WorkingSizeOpt, check_map_option, expand_inputs, fail, output_path,
-                                    prepare_output_dir, run_batch)
+from defocus_cli.cli.common import (
+    DeviceOpt,
+    MapOpt,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PhotosArg,
+    PrecisionOpt,
+    RecursiveOpt,
+    WeightsOpt,
+    WorkingSizeOpt,
+    expand_inputs,
+    fail,
+    map_label,
+    prepare_estimator,
+    prepare_output_dir,
+    run_batch,
+)
 from defocus_cli.errors import DefocusError, InputError
 from defocus_cli.models import DEFAULT_MODEL
-
-
-def _suffix(photo: Path) -> str:
-    """NAME.deblurred.EXT, in the input's format."""
-    return "deblurred" + (photo.suffix.lower() or ".png")
 
 
 def deblur(
@@ -76,12 +84,13 @@ def deblur(
                              .replace("map_margin", "margin")) from None
         if threads < 0:
             raise InputError(f"--threads must be >= 0, got {threads}")
+        from defocus_cli.maps import check_map_source
+
         paths = expand_inputs(photos, recursive)
-        check_map_option(map_opt, paths)
+        check_map_source(map_opt, paths)
         prepare_output_dir(output)
-        estimator = LazyEstimator(model, weights, device, precision)
+        estimator = prepare_estimator(model, weights, device, precision, needed=map_opt is None)
         if map_opt is None:
-            estimator.get()  # a bad model or device is one error, not one per photo
             fft_device = estimator.get().device
         else:
             from defocus_cli.device import resolve_device
@@ -93,34 +102,14 @@ def deblur(
             torch.set_num_threads(threads)
     except DefocusError as e:
         raise fail(e)
+    from defocus_cli.photos import deblur_photo, image_suffix, output_path
 
     def process(photo: Path) -> dict:
-        return _deblur_one(photo, output, config, map_opt, estimator, working_size, fft_device,
-                           margin is None)
+        r = deblur_photo(photo, config, output, map_opt, estimator, working_size, margin, fft_device)
+        return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
+                "max σ px": f"{r['max_sigma']:.2f}", "deblurred": f"{100 * r['deblurred_fraction']:.0f}%",
+                "levels": r["levels"]}
 
-    code = run_batch(paths, process, lambda p: [output_path(p, output, _suffix(p))],
+    code = run_batch(paths, process, lambda p: [output_path(p, output, image_suffix(p, "deblurred"))],
                      overwrite, title="defocus deblur")
     raise typer.Exit(code)
-
-
-def _deblur_one(photo: Path, output: Path | None, config, map_opt: Path | None,
-                estimator: LazyEstimator, working_size: int, fft_device, default_margin: bool) -> dict:
-    import dataclasses
-
-    from defocus_cli.cli.common import obtain_map
-    from defocus_cli.io.images import read_image, write_image
-    from defocus_cli.pipelines.deblur import ESTIMATED_MAP_MARGIN, deblur as deblur_photo
-
-    image = read_image(photo)
-    sigma, origin = obtain_map(photo, image, map_opt, estimator, working_size)
-    estimated = origin["source"] == "estimated" or "estimated_by" in origin
-    if default_margin and estimated:
-        config = dataclasses.replace(config, map_margin=ESTIMATED_MAP_MARGIN)
-    result = deblur_photo(image.pixels, sigma, config, device=fft_device)
-    write_image(output_path(photo, output, _suffix(photo)), result.image, bit_depth=image.bit_depth)
-    w, h = image.size
-    used = int((result.layer_fraction[1:] > 0).sum())
-    return {"size": f"{w}x{h}", "map": "estimated" if origin["source"] == "estimated" else
-            "given (estimated)" if estimated else "given",
-            "max σ px": f"{float(sigma.max()):.2f}",
-            "deblurred": f"{100 * (1 - result.layer_fraction[0]):.0f}%", "levels": used}

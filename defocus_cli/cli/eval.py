@@ -12,16 +12,18 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import click
 import typer
 from typer.core import TyperGroup
-from typing_extensions import Annotated
 
 from defocus_cli.cli.common import DeviceOpt, ModelOpt, PrecisionOpt, WeightsOpt, console, fail
 from defocus_cli.errors import DefocusError, InputError
 from defocus_cli.models import DEFAULT_MODEL
+
+#: the origin of every map `defocus eval` deblurs with (maps.deblur_margin's policy applies)
+ESTIMATED = {"source": "estimated"}
 
 
 class _RunByDefault(TyperGroup):
@@ -89,7 +91,7 @@ def run(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from defocus_cli.cli.common import load_estimator
+    from defocus_cli.estimator import load_estimator
     from defocus_cli.io.images import save_json
     from defocus_cli.pipelines.eval import EvalConfig, evaluate_dataset, read_sigma_radius_table
 
@@ -112,10 +114,11 @@ def run(
 
     deblur_fn = None
     if deblur:
-        from defocus_cli.pipelines.deblur import ESTIMATED_MAP_MARGIN, DeblurConfig, deblur as deblur_image
+        from defocus_cli.photos import deblur_pixels
+        from defocus_cli.pipelines.deblur import DeblurConfig
 
-        def deblur_fn(rgb, sigma):  # as `defocus deblur` does it with an estimated map
-            return deblur_image(rgb, sigma, DeblurConfig(map_margin=ESTIMATED_MAP_MARGIN)).image
+        def deblur_fn(rgb, sigma):  # what `defocus deblur` runs on an estimated map, on its device
+            return deblur_pixels(rgb, sigma, ESTIMATED, DeblurConfig(), device=estimator.device).image
 
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]defocus eval"), BarColumn(), MofNCompleteColumn(),
@@ -138,7 +141,10 @@ def run(
     result["estimate"] = {"working_size": working_size or "native", "refine": not no_refine}
     result["deblur"] = {"enabled": deblur}
     if deblur:
-        result["deblur"]["map_margin_px"] = ESTIMATED_MAP_MARGIN
+        from defocus_cli.maps import deblur_margin
+
+        result["deblur"]["map_margin_px"] = deblur_margin(ESTIMATED)
+        result["deblur"]["device"] = str(estimator.device)
     result["seconds"] = elapsed
     _print_report(result, per_image)
     if output is not None:

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
-from typing_extensions import Annotated
 
-from defocus_cli.cli.common import (DeviceOpt, LazyEstimator, MapOpt, ModelOpt, OutputOpt,
-                                    OverwriteOpt, PhotosArg, PrecisionOpt, RecursiveOpt, WeightsOpt,
-                                    WorkingSizeOpt, check_map_option, expand_inputs, fail, output_path,
-                                    prepare_output_dir, run_batch)
+from defocus_cli.cli.common import (
+    DeviceOpt,
+    MapOpt,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PhotosArg,
+    PrecisionOpt,
+    RecursiveOpt,
+    WeightsOpt,
+    WorkingSizeOpt,
+    expand_inputs,
+    fail,
+    map_label,
+    prepare_estimator,
+    prepare_output_dir,
+    run_batch,
+)
 from defocus_cli.errors import DefocusError, InputError
 from defocus_cli.models import DEFAULT_MODEL
-
-
-def _suffix(photo: Path) -> str:
-    """NAME.magnified.EXT, in the input's format."""
-    return "magnified" + (photo.suffix.lower() or ".png")
 
 
 def magnify(
@@ -52,34 +61,23 @@ def magnify(
             config = MagnifyConfig(scale=scale, focus=focus, in_focus=in_focus)
         except ValueError as e:
             raise InputError(str(e)) from None
+        from defocus_cli.maps import check_map_source
+
         paths = expand_inputs(photos, recursive)
-        check_map_option(map_opt, paths)
+        check_map_source(map_opt, paths)
         prepare_output_dir(output)
-        estimator = LazyEstimator(model, weights, device, precision)
-        if map_opt is None:
-            estimator.get()  # a bad model or device is one error, not one per photo
+        estimator = prepare_estimator(model, weights, device, precision, needed=map_opt is None)
     except DefocusError as e:
         raise fail(e)
+    from defocus_cli.photos import image_suffix, magnify_photo, output_path
 
     def process(photo: Path) -> dict:
-        return _magnify_one(photo, output, config, map_opt, estimator, working_size)
+        r = magnify_photo(photo, config, output, map_opt, estimator, working_size)
+        return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
+                "max σ px": f"{r['max_sigma']:.2f}", "added max px": f"{r['max_added_sigma']:.1f}",
+                "layers": r["layers"]}
 
-    code = run_batch(paths, process, lambda p: [output_path(p, output, _suffix(p))],
+    code = run_batch(paths, process, lambda p: [output_path(p, output, image_suffix(p, "magnified"))],
                      overwrite, title="defocus magnify")
     raise typer.Exit(code)
 
-
-def _magnify_one(photo: Path, output: Path | None, config, map_opt: Path | None,
-                 estimator: LazyEstimator, working_size: int) -> dict:
-    from defocus_cli.cli.common import obtain_map
-    from defocus_cli.io.images import read_image, write_image
-    from defocus_cli.pipelines.magnify import magnify_defocus
-
-    image = read_image(photo)
-    sigma, origin = obtain_map(photo, image, map_opt, estimator, working_size)
-    result = magnify_defocus(image.pixels, sigma, config)
-    write_image(output_path(photo, output, _suffix(photo)), result.image, bit_depth=image.bit_depth)
-    w, h = image.size
-    return {"size": f"{w}x{h}", "map": "estimated" if origin["source"] == "estimated" else "given",
-            "max σ px": f"{float(sigma.max()):.2f}", "added max px": f"{float(result.added_sigma.max()):.1f}",
-            "layers": result.layers}

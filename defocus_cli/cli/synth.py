@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from defocus_cli.cli.common import console, fail
 from defocus_cli.errors import DefocusError, InputError

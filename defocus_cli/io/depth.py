@@ -36,10 +36,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from defocus_cli.errors import InputError
+from defocus_cli.io.images import read_raw
 
 ENCODINGS = ("auto", "png-mm", "synthia", "syndof-cm", "middlebury-disparity", "sintel", "npy")
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".pfm", ".dpt", ".npy")
@@ -64,14 +64,6 @@ class DepthMap:
 
 # --------------------------------------------------------------------------------------------
 # raw readers
-
-
-def _read_png16(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
-    a = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if a is None:
-        raise InputError(f"{path}: cannot decode this image as depth (truncated or not an image?)")
-    return a
 
 
 def read_pfm(path: str | Path) -> np.ndarray:
@@ -165,7 +157,7 @@ def detect_encoding(path: str | Path) -> str:
     if suffix == ".pfm":
         return "middlebury-disparity"
     if suffix in (".png", ".tif", ".tiff"):
-        a = _read_png16(path)
+        a = read_raw(path, "a depth or disparity image")
         is_disp = path.stem.lower().startswith("disp")
         if a.dtype == np.uint16:
             if is_disp:
@@ -239,7 +231,7 @@ def read_depth(path: str | Path, encoding: str = "auto") -> DepthMap:
     enc = detect_encoding(path) if encoding == "auto" else encoding
     unit = "m"
     if enc == "png-mm":
-        a = _read_png16(path)
+        a = read_raw(path, "a depth or disparity image")
         if a.dtype != np.uint16:
             raise InputError(f"{path}: png-mm depth must be 16-bit, got {a.dtype}")
         if a.ndim == 3:
@@ -247,7 +239,7 @@ def read_depth(path: str | Path, encoding: str = "auto") -> DepthMap:
         raw = _single_channel(a, path).astype(np.float32)
         depth = np.where(raw > 0, raw / 1000.0, np.nan)
     elif enc in ("synthia", "syndof-cm"):
-        a = _read_png16(path)
+        a = read_raw(path, "a depth or disparity image")
         if a.dtype != np.uint16:
             raise InputError(f"{path}: {enc} depth must be 16-bit, got {a.dtype}")
         # OpenCV decodes BGR: the file's first (R) channel is the last here
@@ -267,7 +259,7 @@ def read_depth(path: str | Path, encoding: str = "auto") -> DepthMap:
                 raise InputError(f"{path}: expected a single-channel (Pf) disparity PFM")
             depth, unit = _disparity_to_depth(d, path, notes)
         else:
-            a = _read_png16(path)
+            a = read_raw(path, "a depth or disparity image")
             d = _single_channel(a, path).astype(np.float64)
             with np.errstate(divide="ignore"):
                 depth = np.where(d > 0, 1.0 / d, np.nan)  # 0 = unknown in Middlebury PNGs

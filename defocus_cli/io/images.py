@@ -23,7 +23,8 @@ from typing import Any, Iterator
 
 import cv2
 import numpy as np
-from PIL import ExifTags, Image as PILImage, UnidentifiedImageError
+from PIL import ExifTags, UnidentifiedImageError
+from PIL import Image as PILImage
 
 from defocus_cli.errors import InputError
 
@@ -217,6 +218,43 @@ def _pil_to_rgb(im: PILImage.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) * np.float32(1 / 255)
 
 
+def read_raw(path: str | Path, what: str = "image") -> np.ndarray:
+    """Decode an image file as stored (any bit depth, channels in OpenCV's BGR order).
+
+    InputError naming the file and ``what`` it should be when it is missing, empty or not a
+    decodable image. (Photos go through ``read_image``; this is for maps, masks and depth.)
+    """
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    a = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if a is None:
+        raise InputError(f"{path}: missing, truncated or not an image (expected {what})")
+    return a
+
+
+def read_png16(path: str | Path, what: str = "16-bit PNG") -> np.ndarray:
+    """Decode a single-channel 16-bit PNG -> (H, W) uint16 (the raw stored values).
+
+    InputError naming the file and ``what`` it should be for a missing, truncated, 8-bit or
+    multi-channel file.
+    """
+    a = read_raw(path, what)
+    if a.dtype != np.uint16 or a.ndim != 2:
+        raise InputError(f"{path}: expected a single-channel 16-bit PNG ({what}), got "
+                         f"{a.dtype} {'x'.join(map(str, a.shape))}")
+    return a
+
+
+def encode_png16(values: np.ndarray, scale: float = PNG16_SCALE) -> np.ndarray:
+    """(H, W) float map -> uint16 round(values * scale), NaN as 0, clipped to 0..65535."""
+    return np.clip(np.round(np.nan_to_num(values) * scale), 0, 65535).astype(np.uint16)
+
+
+def decode_png16(data: np.ndarray, scale: float = PNG16_SCALE) -> np.ndarray:
+    """uint16 values written by ``encode_png16`` -> float32 values / scale."""
+    return data.astype(np.float32) / np.float32(scale)
+
+
 def load_map(path: str | Path) -> np.ndarray:
     """Read a defocus (or other) map: ``.npy`` float (H, W), or a 16-bit PNG in PNG16_SCALE units."""
     path = Path(path)
@@ -228,10 +266,7 @@ def load_map(path: str | Path) -> np.ndarray:
         except (OSError, ValueError) as e:
             raise InputError(f"{path}: not a readable .npy map ({e})") from None
     elif path.suffix.lower() == ".png":
-        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if a is None or a.dtype != np.uint16 or a.ndim != 2:
-            raise InputError(f"{path}: expected a single-channel 16-bit PNG map")
-        a = a.astype(np.float32) / PNG16_SCALE
+        a = decode_png16(read_png16(path, f"map, sigma x {PNG16_SCALE:g}"))
     else:
         raise InputError(f"{path}: maps are .npy or 16-bit .png files")
     a = np.squeeze(a)
@@ -286,13 +321,12 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
 
 
 def save_png16(path: str | Path, values: np.ndarray, scale: float = PNG16_SCALE) -> Path:
-    """Save an (H, W) map as a 16-bit PNG holding round(values * scale), clipped to 0..65535."""
+    """Save an (H, W) map as a 16-bit PNG holding ``encode_png16(values, scale)``, atomically."""
     path = Path(path)
     if values.ndim != 2:
         raise ValueError(f"save_png16: expected an (H, W) map, got shape {values.shape}")
-    data = np.clip(np.round(np.nan_to_num(values) * scale), 0, 65535).astype(np.uint16)
     with atomic_write(path) as tmp:
-        if not cv2.imwrite(str(tmp), data, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        if not cv2.imwrite(str(tmp), encode_png16(values, scale), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
             raise InputError(f"{path}: could not write PNG")
     return path
 

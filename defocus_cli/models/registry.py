@@ -6,7 +6,8 @@ convention, the sha256 of the ``.pt`` file, and how the weights were made (data,
 
 Shipped weights live in the repository's ``weights/`` folder, installed as the package
 ``defocus_cli.weights``; the environment variable ``DEFOCUS_WEIGHTS_DIR`` points elsewhere.
-Loading checks the sha256, uses ``torch.load(weights_only=True)`` and ``strict=True``.
+Loading checks the sha256, reads the file with ``io.torchfiles.load_torch_file`` (torch.load with
+``weights_only=True``) and loads it with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 
 from defocus_cli import __version__
 from defocus_cli.errors import WeightsError
-from defocus_cli.io.images import atomic_write, save_json
-from defocus_cli.models import DEFAULT_MODEL
+from defocus_cli.io.images import save_json
+from defocus_cli.io.torchfiles import load_torch_file, save_torch_file
 from defocus_cli.models.b import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE, BlurNet, BlurNetConfig
 
 ARCHITECTURE = "dmenet-b"
@@ -100,9 +101,7 @@ def save_weights(model: BlurNet, path: str | Path, meta: dict[str, Any] | None =
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_file(state, path)
     full = dict(meta or {})
     full.update({
         "architecture": ARCHITECTURE,
@@ -130,10 +129,7 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
     if digest != meta["sha256"]:
         raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match its metadata "
                            f"({meta['sha256'][:12]}...): the file is corrupt or was replaced")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged pickle/zip; report them all alike
-        raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    state = load_torch_file(path, "weights")
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from defocus_cli.ops.masks import mask_labels
+
 #: the paper's sigma normalisations: SYNDOF-style data (sigma_max of the network) and RTF
 SIGMA_NORM_SYNDOF = 7.0
 SIGMA_NORM_RTF = 3.275
@@ -109,22 +111,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------------
 # binary blur masks
-
-
-def mask_labels(mask: np.ndarray) -> np.ndarray:
-    """A ground-truth blur mask as float64 1 = blurred, 0 = sharp, NaN = unknown.
-
-    Accepts uint8 masks (255 blurred, 0 sharp, anything else -- the datasets write 128 -- unknown)
-    or float masks (1 / 0 / NaN; values in between are unknown).
-    """
-    mask = np.asarray(mask)
-    if mask.dtype == np.uint8:
-        out = np.full(mask.shape, np.nan)
-        out[mask == 255] = 1.0
-        out[mask == 0] = 0.0
-        return out
-    m = mask.astype(np.float64)
-    return np.where((m == 0) | (m == 1), m, np.nan)
 
 
 def park_threshold(values: np.ndarray, alpha: float = PARK_ALPHA) -> float:

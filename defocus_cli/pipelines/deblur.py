@@ -46,15 +46,10 @@ from defocus_cli.ops.deconv import (
     thread_scratch_buffers,
 )
 
-
-#: px; DeblurConfig.map_margin for maps estimated by the network: they over-estimate the small
-#: blur of real photos (by +0.56 px on the held-out dfd-indoor scenes, weights/README.md).
-#: Chosen on the 8 validation scenes of datasets/dfd-real (never trained on, f/2.8 photo vs its
-#: registered f/8 shot, the `defocus eval --deblur` protocol), mean PSNR change (worst scene):
-#: margin 0: -0.34 dB (-0.71), 0.25: -0.04 (-0.32), 0.5: +0.05 (-0.11), 0.625: +0.06 (-0.02),
-#: 0.75: +0.04 (-0.02), 0.875: +0.02 (-0.01), 1.0: +0.01 (-0.01) (benchmarks/README.md,
-#: "deblur"). 0.625 has the best mean and, with 0.75, the best worst case short of giving up
-#: the gain: the issue's target is "never worse", so the worst scene counts (session 4; 0.5 before).
+#: px; DeblurConfig.map_margin for maps a network estimated: they over-estimate the small blur
+#: of real photos, and deblurring by too large a sigma rings. Chosen on the dfd-real validation
+#: scenes by the `defocus eval --deblur` protocol as the margin with the best mean PSNR change
+#: whose worst scene stays near 0 dB (the table: benchmarks/README.md, "deblur margin").
 ESTIMATED_MAP_MARGIN = 0.625
 
 
@@ -85,12 +80,8 @@ class DeblurConfig:
     #: the upsampled (cubic) correction is added to the full-resolution frame. A Gaussian of
     #: sigma >= 4 px (in small pixels) leaves < 1e-30 of any frequency above the small
     #: frame's Nyquist, so nothing recoverable is lost there, and the work drops by f^2.
-    #: Measured on the two-depth scene of tests/pipelines/test_deblur.py (sharp foreground,
-    #: background sigma 5 / 6.5 / 8 / 12 / 16 px), PSNR gain in dB with working_sigma None
-    #: (full resolution): +2.97 / 2.69 / 2.59 / 1.82 / 1.74, 4: +2.97 / 2.69 / 2.70 / 2.04 /
-    #: 1.89, 3: +2.97 / 2.81 / 2.70 / 2.03 / 1.83, 2: +2.88 / 2.68 / 2.51 / 1.89 / 1.68. On the
-    #: 12 MP benchmark 3 cuts the frame area from 6.15 to 5.3 x the image but not the time
-    #: (14.3 / 15.9 s vs 14.7 / 15.1 s, alternating in one process): 4 stays.
+    #: 4 keeps the PSNR of full-resolution deconvolution on the two-depth test scene and costs no
+    #: more time than 3 on 12 MP (benchmarks/README.md, "deblur working_sigma").
     working_sigma: float | None = 4.0
     #: fraction of the level spacing over which neighbouring levels cross-fade; 1 = linear
     #: interpolation over the whole spacing (smoothest), smaller = less overlap, less work
@@ -113,8 +104,7 @@ class DeblurConfig:
     #: input, fading to full deconvolution at 4 sigma + 1 px, and the deconvolutions treat
     #: that zone as unknown data (extrapolated from its neighbours, like context of another
     #: depth), so the halo does not ring into the pixels around it. The map itself is left
-    #: alone, so highlights do not cut it into pieces that each need every level (measured:
-    #: 12 MP ramp with 6 % clipped pixels, frame area 14.8 -> 2.65 x the image). None: off.
+    #: alone, so highlights do not cut it into pieces that each need every level. None: off.
     saturation: float | None = 0.98
 
     def __post_init__(self) -> None:
@@ -236,27 +226,6 @@ def saturation_keep(clipped: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 
     dist = cv2.distanceTransform((~clipped).astype(np.uint8), cv2.DIST_L2, 3)
     return np.clip((dist - 2.0 * sigma) / (2.0 * sigma + 1.0), 0.0, 1.0).astype(np.float32)
-
-
-def match_map_to_image(sigma: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resample a defocus map to an image of shape (H, W), rescaling its values.
-
-    A map holds sigma in pixels of the image it was computed for, so resizing the map by a
-    factor f multiplies sigma by f too. The aspect ratios must agree within 2 %.
-    """
-    import cv2
-
-    h, w = shape
-    mh, mw = sigma.shape
-    if (mh, mw) == (h, w):
-        return sigma.astype(np.float32, copy=False)
-    fy, fx = h / mh, w / mw
-    if abs(fy / fx - 1.0) > 0.02:
-        raise ValueError(
-            f"defocus map of {mw}x{mh} px does not match the image's {w}x{h} px aspect ratio"
-        )
-    resized = cv2.resize(sigma.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return resized * np.float32(math.sqrt(fx * fy))
 
 
 #: Rec. 601 luma weights
@@ -390,7 +359,7 @@ def deblur(
     """Spatially varying deblur of ``rgb`` given its defocus map.
 
     rgb: (H, W, 3) float32 in [0, 1]. sigma: (H, W) float, Gaussian blur sigma in px of rgb,
-    finite and >= 0 (see match_map_to_image for maps of another resolution). device: None for
+    finite and >= 0 (ops.maps.resample_map brings a map of another size to it). device: None for
     numpy, or a torch.device for torch.fft on it (faster on CPU too). workers: frames
     deconvolved at once on the CPU, each by one thread (torch runs single-threaded meanwhile
     and its thread count is restored afterwards); independent frames scale better than

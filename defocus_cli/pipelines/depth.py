@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from defocus_cli.errors import InputError
 from defocus_cli.ops.thinlens import alpha_from_lens, coc_from_sigma, depth_from_coc
 
 Focus = Literal["near", "far"]
@@ -154,3 +155,33 @@ def lens_from_exif(exif: dict[str, Any], image_width: int, image_height: int = 0
         diagonal_mm = FULL_FRAME_DIAGONAL_MM * focal / f35
         out["pixel_pitch_um"] = diagonal_mm / float(np.hypot(image_width, image_height)) * 1000
     return out
+
+
+def resolve_lens(exif: dict[str, Any], image_width: int, image_height: int,
+                 flags: dict[str, float | None]) -> tuple[LensParams | None, dict[str, dict[str, Any]]]:
+    """The lens for metric depth: EXIF (``lens_from_exif``) overridden by explicit ``flags``.
+
+    flags: LensParams field -> value or None (not given). Returns (LensParams or None for
+    pseudo-depth, {field: {"value": v, "source": "exif" | "flag"}}). All four parameters known:
+    metric. Some given as flags but not all four known: InputError naming the missing ones (a
+    user who asks for metric depth must not silently get pseudo-depth). Only partial EXIF:
+    pseudo-depth.
+    """
+    known: dict[str, float] = lens_from_exif(exif, image_width, image_height)
+    sources = {k: "exif" for k in known}
+    for k, v in flags.items():
+        if k not in LensParams.__dataclass_fields__:
+            raise ValueError(f"resolve_lens: unknown lens parameter {k!r}")
+        if v is not None:
+            known[k], sources[k] = float(v), "flag"
+    described = {k: {"value": v, "source": sources[k]} for k, v in known.items()}
+    if len(known) == len(LensParams.__dataclass_fields__):
+        try:
+            return LensParams(**known), described
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    if "flag" in sources.values():
+        missing = sorted(set(LensParams.__dataclass_fields__) - set(known))
+        raise InputError(f"metric depth needs all four lens parameters; missing {', '.join(missing)} "
+                         "(give them as flags, or none for pseudo-depth)")
+    return None, described

@@ -29,12 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
 from defocus_cli.errors import DefocusError, InputError
-from defocus_cli.io.images import load_map, read_image
+from defocus_cli.io.datasets import MANIFEST, has_manifest, read_manifest, read_mask
+from defocus_cli.io.images import IMAGE_SUFFIXES, load_map, read_image
 from defocus_cli.ops import metrics as M
+from defocus_cli.ops.masks import mask_labels
 
 SPLIT_ALL = "all"
 #: per-image figures averaged into the report's "mean" (np.nanmean over images)
@@ -166,34 +167,24 @@ def list_samples(root: str | Path, split: str = "test") -> list[Sample]:
         raise InputError(f"{root}: not a dataset folder (no image/ subfolder); expected image/ with "
                          "sigma/, mask/ or sharp/ beside it (made by `defocus synth` or "
                          "`defocus eval prepare-dfd`)")
-    manifest = root / "manifest.jsonl"
     entries: list[dict] = []
-    if manifest.is_file():
-        for lineno, line in enumerate(manifest.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{manifest}:{lineno}: not JSON ({exc})") from None
-            if "name" not in e:
-                raise InputError(f"{manifest}:{lineno}: entry without 'name'")
-            entries.append(e)
+    if has_manifest(root):
+        entries = read_manifest(root, require=("name",))
         if split != SPLIT_ALL:
             available = sorted({str(e.get("split")) for e in entries})
             entries = [e for e in entries if e.get("split") == split]
             if not entries:
-                raise InputError(f"{manifest}: no sample in split {split!r} (splits here: "
+                raise InputError(f"{root / MANIFEST}: no sample in split {split!r} (splits here: "
                                  f"{', '.join(available)}; or use --split all)")
     else:
         if split != SPLIT_ALL:
-            raise InputError(f"{root}: no manifest.jsonl, so no {split!r} split; use --split all")
+            raise InputError(f"{root}: no {MANIFEST}, so no {split!r} split; use --split all")
         entries = [{"name": p.stem, "split": SPLIT_ALL} for p in sorted((root / "image").iterdir())
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")]
+                   if p.suffix.lower() in IMAGE_SUFFIXES]
     samples = []
     for e in sorted(entries, key=lambda e: e["name"]):
         name = e["name"]
-        image = _first_existing(root / "image", name, (".png", ".jpg", ".jpeg", ".tif", ".tiff"))
+        image = _first_existing(root / "image", name, IMAGE_SUFFIXES)
         if image is None:
             raise InputError(f"{root / 'image'}: no photo for sample {name!r} listed in the manifest")
         box = e.get("sharp_valid")
@@ -202,20 +193,12 @@ def list_samples(root: str | Path, split: str = "test") -> list[Sample]:
             sigma=_first_existing(root / "sigma", name, (".npy", ".png")),
             radius=_first_existing(root / "radius", name, (".npy",)),
             mask=_first_existing(root / "mask", name, (".png",)),
-            sharp=_first_existing(root / "sharp", name, (".png", ".jpg", ".tif", ".tiff")),
+            sharp=_first_existing(root / "sharp", name, IMAGE_SUFFIXES),
             sharp_valid=tuple(int(v) for v in box) if box else None,
         ))
     if not samples:
         raise InputError(f"{root}: no samples to evaluate")
     return samples
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
-    a = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if a is None:
-        raise InputError(f"{path}: cannot read mask (missing, truncated or not an image)")
-    return a
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +214,7 @@ def mask_figures(pred: np.ndarray, mask: np.ndarray, config: EvalConfig,
                  gt_sigma: np.ndarray | None = None) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
     """Accuracy at Park's threshold, AP and the PR curve of one image. Pixels without a sigma
     label (NaN in gt_sigma) are unknown in the mask too."""
-    labels = M.mask_labels(mask)
+    labels = mask_labels(mask)
     if gt_sigma is not None:
         labels = np.where(np.isfinite(gt_sigma), labels, np.nan)
     acc = M.mask_accuracy(pred, labels, config.park_alpha)
@@ -349,7 +332,7 @@ def _evaluate_sample(s: Sample, estimate, config: EvalConfig, deblur, radius_tab
         row["gt_sigma_px_mean"] = float(finite.mean()) if finite.size else math.nan
     curve = None
     if s.mask is not None:
-        mask = _read_mask(s.mask)
+        mask = read_mask(s.mask)
         if mask.shape != (h, w):
             raise InputError(f"{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but the photo is {w}x{h}")
         figures, curve = mask_figures(pred, mask, config, gt)

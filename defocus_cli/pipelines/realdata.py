@@ -25,57 +25,20 @@ alpha = F^2 / (N (S1 - F)) for F = 35 mm, N = 2.8, S1 = 1.7 m, divided by the ef
 pitch 36 um at 645x432 (6 um sensor pixels, 6x subsampled): alpha = 7.299 px. sigma is 0 at 1.7 m,
 1.0 px at 1.05 m and at 4.05 m, 2.4 px at 0.6 m and tends to 1.82 px far away.
 
-What the data turned out to be (measured with the commands in the eval engineer's report; numbers
-over all 81 scenes):
+What the source data is, and why the labels are built this way (the measurements behind each
+point are in benchmarks/README.md, "The dfd-indoor labels"):
 
-- Sizes: every photo and depth map is 645x432 (W x H); depth is uint16, RGB are 8-bit JPEG
-  without EXIF orientation.
-- Units: depth is millimetres. No pixel is 0 (the depth maps have been hole-filled; the fill
-  shows as flat Voronoi-like cells): values 230..9835, percentiles 1 / 50 / 99 = 725 / 2628 /
-  7819 -- an office seen from 0.5 to 9 m (a corridor in indoor_073/074 reaches 9.8 m). Decisive
-  check: the blur measured between the f/2.8 and f/8 photos (best Gaussian matching in textured
-  15x15 windows, far from depth edges, 160k samples) is smallest at 1.6-1.8 m and follows the
-  thin-lens curve of this camera in mm: measured median / predicted relative blur 2.25 / 2.44 px
-  at 0.6-0.8 m, 1.50 / 1.52 at 0.8-1.0 m, 1.00 / 0.93 at 1.0-1.2 m, 1.00 / 0.74 at 2.8-3.2 m,
-  1.75 / 1.37 at 7-10 m; Spearman 0.79 between measured and predicted. The best fit of
-  (S1, alpha scale, floor) is S1 = 1.675 m, alpha x 1.2, floor 0.2 px: the nominal camera is
-  right, real blur is ~20% wider than sigma = c/4 on the far side, and below ~0.3 px the
-  measurement has no resolution. Labels keep the nominal camera (the paper's sigma = c/4).
-- Outliers: 1.7% of pixels differ from their 5x5 median by more than 10% (speckle at object
-  borders, e.g. the "near" dots on the chair tops of indoor_001); 0.013% are nearer than
-  0.4 m (below the sensor's range). Both become NaN.
-- RGB vs depth registration is NOT pixel-accurate: correlating depth-edge and image-edge
-  strength over shifts of +-30 px peaks away from (0, 0) in most scenes, typically with the
-  depth content 4-13 px lower than in the photo (e.g. indoor_013 (0, +9), indoor_030 (+1, +13),
-  indoor_039 (-5, +11), indoor_053 (-1, +4), indoor_015 (+16, +5)), but the peaks are weak
-  (correlation 0.1-0.4) and scene-dependent, so no correction is applied. Instead pixels within
-  ``edge_band_px`` (8) of a depth discontinuity (a 5% jump of the median-filtered depth between
-  neighbours) are NaN: 17.6% of pixels. Labels are therefore trustworthy on surfaces, not at
-  object outlines.
-- f/2.8 vs f/8 are NOT always pixel-aligned: phase correlation finds a global translation of up
-  to 12.5 px (indoor_005: -12.5 px horizontally; the same within 0.9 px in all four quadrants, so a
-  translation, not a warp); |dx| > 3 px in 15 scenes, |dy| <= 1.8 px everywhere. The sharp/
-  photo is therefore shifted onto the f/2.8 one (phase correlation refined by ECC, Lanczos
-  resampling) and the manifest records the shift and the box where both photos have data.
-  After registration the four quadrants of each pair agree within 0.19 px (median; max 0.56 px,
-  indoor_041), i.e. what remains is not a translation worth correcting.
-- Exposure: f/2.8 and f/8 were exposed to match but differ per scene: the ratio of mean
-  intensity (f/2.8 / f/8, unsaturated pixels) is 0.89..1.13 (mean 1.00). The sharp/ photo gets a
-  per-channel gain so its mean matches the f/2.8 photo on the valid box (recorded as
-  ``sharp_gain``), so a deblurring PSNR measures sharpness, not exposure.
-
-Label histogram before invalidation (all 81 x 645 x 432 pixels): sigma percentiles 1 / 5 / 25 /
-50 / 75 / 95 / 99 / 99.9 = 0.02 / 0.10 / 0.46 / 0.77 / 0.98 / 1.44 / 2.45 / 4.47 px, max 11.7
-(a 0.23 m speckle); 13.5% < 0.25, 14.1% 0.25-0.5, 20.5% 0.5-0.75, 28.7% 0.75-1.0, 13.6% 1.0-1.25,
-5.7% 1.25-1.5, 2.1% 1.5-2, 1.8% >= 2 px. 23% of pixels are >= 1 px (the mask threshold).
-
-What the labels allow (test split, default config; ``defocus_cli.pipelines.eval`` with trivial
-estimators): predicting 0 everywhere scores MAE 0.742 px (MAE/7 0.106, mask accuracy 0.232, AP
-0.371); predicting the train split's median sigma, 0.78 px, everywhere scores MAE 0.387 px
-(MSE/7 0.0059, MAE/7 0.055). So an MAE below 0.5 px alone proves little here: the labels are
-concentrated around 0.5-1 px; Spearman (undefined for a constant map) and AP are the informative
-figures. And blur is only observable where there is texture: the pair-measured blur above reaches
-Spearman 0.79 against the labels on textured pixels but 0.28 over all labelled pixels.
+- every photo and depth map is 645x432; depth is uint16 millimetres, hole-filled; the blur
+  measured between the f/2.8 and f/8 photos follows this camera's thin-lens curve (Spearman
+  0.79), so labels keep the nominal camera (sigma = c / 4);
+- speckle (a pixel more than 10 % off its 5x5 median) and depth below 0.4 m become NaN;
+- RGB and depth are not pixel-registered near object outlines, so pixels within
+  ``edge_band_px`` of a depth discontinuity are NaN: labels are trustworthy on surfaces;
+- f/2.8 and f/8 shots differ by a global translation of up to 12.5 px and by exposure, so the
+  sharp/ photo is registered (phase correlation + ECC) and gain-matched, and the manifest
+  records the shift, gain and the box where both photos have data;
+- the labels concentrate at 0.5-1 px: a constant 0.78 px map scores MAE 0.387 px on the test
+  split, so MAE alone proves little; Spearman and AP are the informative figures.
 
 Split (by group of overlapping views, never by photo): consecutive shots often show the same
 view (ORB + RANSAC homography with >= 40 inliers between any two of the 81 f/8 photos links them),
@@ -88,7 +51,6 @@ these scenes (``synth``) can hold out the same ones.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,13 +61,10 @@ import numpy as np
 
 from defocus_cli import __version__
 from defocus_cli.errors import InputError
-from defocus_cli.io.images import atomic_write, read_image, save_json, save_npy, write_image
+from defocus_cli.io.datasets import write_manifest, write_mask
+from defocus_cli.io.images import read_image, read_png16, save_json, save_npy, write_image
+from defocus_cli.ops.masks import MASK_BLURRED, MASK_SHARP, MASK_UNKNOWN, blur_mask
 from defocus_cli.ops.thinlens import alpha_from_lens, coc_diameter, sigma_from_coc
-
-#: mask value of pixels without a label (neither blurred nor sharp)
-MASK_UNKNOWN = 128
-MASK_BLURRED = 255
-MASK_SHARP = 0
 
 #: runs of consecutive scene numbers whose photos overlap (ORB + RANSAC homography >= 40 inliers
 #: between the f/8 photos, any pair, transitively; every group found is a run of consecutive ids)
@@ -246,14 +205,6 @@ def sigma_from_depth(depth_mm: np.ndarray, config: DfdIndoorConfig) -> np.ndarra
     return sigma
 
 
-def blur_mask(sigma: np.ndarray, threshold_px: float) -> np.ndarray:
-    """(H, W) uint8: 255 where sigma >= threshold_px, 0 where below, 128 where sigma is NaN."""
-    out = np.full(sigma.shape, MASK_UNKNOWN, np.uint8)
-    finite = np.isfinite(sigma)
-    out[finite] = np.where(sigma[finite] >= threshold_px, MASK_BLURRED, MASK_SHARP)
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # the f/8 - f/2.8 pair
 
@@ -338,16 +289,6 @@ class PrepareReport:
     split_counts: dict[str, int]
 
 
-def _read_depth_mm(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    a = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if a is None:
-        raise InputError(f"{path}: missing or not a readable 16-bit depth PNG")
-    if a.dtype != np.uint16 or a.ndim != 2:
-        raise InputError(f"{path}: expected single-channel 16-bit depth in mm, got {a.dtype} {a.shape}")
-    return a
-
-
 def list_scenes(src: Path) -> list[str]:
     """Scene ids of a DFD indoor folder: every ``depth/NAME.png`` (sorted), checked against
     scenes.csv where present."""
@@ -381,7 +322,7 @@ def prepare_scene(src: Path, scene: str, config: DfdIndoorConfig) -> dict:
     """Read one scene -> dict with "image", "sigma", "mask", "sharp" arrays and "entry" (manifest)."""
     blurred = read_image(_photo(src, "defocused", scene)).pixels
     sharp = read_image(_photo(src, "allinfocus", scene)).pixels
-    depth = _read_depth_mm(src / "depth" / f"{scene}.png")
+    depth = read_png16(src / "depth" / f"{scene}.png", "depth in mm")
     if blurred.shape[:2] != depth.shape or sharp.shape != blurred.shape:
         raise InputError(f"{src}: scene {scene}: sizes differ (f/2.8 {blurred.shape[:2]}, "
                          f"f/8 {sharp.shape[:2]}, depth {depth.shape})")
@@ -401,12 +342,6 @@ def prepare_scene(src: Path, scene: str, config: DfdIndoorConfig) -> dict:
         "depth_mm_min_max": [int(depth.min()), int(depth.max())],
     }
     return {"image": blurred, "sigma": sigma, "mask": mask, "sharp": sharp, "entry": entry}
-
-
-def _write_mask(path: Path, mask: np.ndarray) -> None:
-    with atomic_write(path) as tmp:
-        if not cv2.imwrite(str(tmp), mask):
-            raise InputError(f"{path}: could not write mask")
 
 
 def prepare_dfd_indoor(src: str | Path, out: str | Path, config: DfdIndoorConfig = DfdIndoorConfig(),
@@ -430,13 +365,12 @@ def prepare_dfd_indoor(src: str | Path, out: str | Path, config: DfdIndoorConfig
         else:
             write_image(out / "image" / f"{scene}.png", r["image"])
             save_npy(out / "sigma" / f"{scene}.npy", r["sigma"])
-            _write_mask(out / "mask" / f"{scene}.png", r["mask"])
+            write_mask(out / "mask" / f"{scene}.png", r["mask"])
             write_image(out / "sharp" / f"{scene}.png", r["sharp"])
             entries.append(r["entry"])
         if progress is not None:
             progress(scene)
-    with atomic_write(out / "manifest.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    write_manifest(out, entries)
     counts = {s: sum(e["split"] == s for e in entries) for s in SPLITS}
     save_json(out / "dataset.json", {
         "generator": "defocus eval prepare-dfd",
@@ -447,7 +381,7 @@ def prepare_dfd_indoor(src: str | Path, out: str | Path, config: DfdIndoorConfig
         "config": asdict(config),
         "camera": {"alpha_px": config.alpha_px, "model": "sigma = alpha |x - S1| / x / 4 (paper Eq. 1, sigma = c/4)"},
         "units": {"sigma": "Gaussian sigma in px of image/NAME.png; NaN = no label",
-                  "mask": "255 blurred (sigma >= blur_threshold_px), 0 sharp, 128 unknown (ignore)",
+                  "mask": f"{MASK_BLURRED} blurred (sigma >= blur_threshold_px), {MASK_SHARP} sharp, {MASK_UNKNOWN} unknown (ignore)",
                   "depth": "mm (source)"},
         "splits": {"rule": "by group of overlapping views (SCENE_GROUPS in defocus_cli.pipelines.realdata); "
                            "seeded permutation of groups fills test then val",

@@ -12,7 +12,8 @@ Dataset layout (a contract the training and evaluation code rely on)::
     DATASET/image/NAME.png    8-bit RGB, the defocused image
     DATASET/sigma/NAME.npy    float32 (H, W): Gaussian sigma (px) at each pixel's position in the
                               sharp image (= CoC / 4); NaN where the source depth was invalid
-    DATASET/mask/NAME.png     8-bit: 255 = blurred (sigma >= mask_threshold), 0 = sharp or invalid
+    DATASET/mask/NAME.png     8-bit: 255 = blurred (sigma >= mask_threshold), 0 = sharp,
+                              128 = unknown (sigma NaN); see ops.masks
     DATASET/manifest.jsonl    one JSON object per sample (sorted by name): name, split, source,
                               scene, camera (S1, alpha, alpha_up, c_max), seed, sizes, statistics
     DATASET/dataset.json      generator, version, options, seed, mask threshold, units, counts
@@ -43,10 +44,16 @@ import numpy as np
 
 from defocus_cli import __version__
 from defocus_cli.errors import DefocusError, InputError, ProcessingError
+from defocus_cli.io.datasets import write_manifest
 from defocus_cli.io.depth import ENCODINGS, match_rgbd, read_depth
 from defocus_cli.io.images import IMAGE_SUFFIXES, atomic_write, read_image, save_json, save_npy
-from defocus_cli.ops.layered import (MAX_LAYERS, layers_from_signed_sigma, render_layers,
-                                     signed_sigma_from_depth)
+from defocus_cli.ops.layered import (
+    MAX_LAYERS,
+    layers_from_signed_sigma,
+    render_layers,
+    signed_sigma_from_depth,
+)
+from defocus_cli.ops.masks import MASK_BLURRED, MASK_SHARP, MASK_UNKNOWN, blur_mask
 from defocus_cli.ops.thinlens import C_MAX, alpha_upper_bound
 
 GENERATOR = "defocus synth"
@@ -456,8 +463,7 @@ def render_sample(spec: SampleSpec, config: SynthConfig, textures: tuple[Path, .
     image = np.round(out * 255.0).astype(np.uint8)
     sigma = np.abs(signed)
     sigma[~valid] = np.nan
-    with np.errstate(invalid="ignore"):
-        mask = np.where(sigma >= config.mask_threshold, 255, 0).astype(np.uint8)
+    mask = blur_mask(sigma, config.mask_threshold)
     h, w = sigma.shape
     record = {
         "name": spec.name,
@@ -622,8 +628,7 @@ def run_synth(
     # the split is re-derived from the plan, so a re-run also updates an older dataset's splits
     ordered = sorted((dict(records[s.name], split=s.split) for s in specs if s.name in records),
                      key=lambda r: r["name"])
-    with atomic_write(out / "manifest.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+    write_manifest(out, (dict(sorted(r.items())) for r in ordered))
     report.counts = _counts(ordered)
     save_json(out / "dataset.json", {
         "generator": GENERATOR,
@@ -632,8 +637,8 @@ def run_synth(
             "image": "image/NAME.png: 8-bit RGB, the defocused image",
             "sigma": "sigma/NAME.npy: float32 (H, W) Gaussian sigma in px at each pixel's "
                      "position in the sharp image; NaN where the source depth was invalid",
-            "mask": f"mask/NAME.png: 8-bit, 255 where sigma >= {config.mask_threshold:g} px "
-                    "(blurred), 0 elsewhere (sharp, or invalid: see sigma's NaN)",
+            "mask": f"mask/NAME.png: 8-bit, {MASK_BLURRED} where sigma >= {config.mask_threshold:g} px "
+                    f"(blurred), {MASK_SHARP} below, {MASK_UNKNOWN} where sigma is NaN (unknown)",
             "manifest": "manifest.jsonl: one JSON object per sample, sorted by name",
         },
         "units": {

@@ -126,7 +126,7 @@ def test_npy(tmp_path):
     [
         ("d.txt", b"1 2 3", "unsupported depth file type"),
         ("empty.png", b"", "empty file"),
-        ("junk.png", b"not a png at all", "cannot decode"),
+        ("junk.png", b"not a png at all", "not an image"),
         ("junk.pfm", b"P6\n1 1\n255\n", "not a PFM"),
     ],
 )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from defocus_cli.errors import WeightsError
-from defocus_cli.models import registry
+from defocus_cli.models import DEFAULT_MODEL, registry
 from defocus_cli.models.b import BlurNet, BlurNetConfig
 from defocus_cli.models.registry import load_model, save_weights
 
@@ -82,6 +82,6 @@ def test_shipped_default_weights_load_from_the_package(monkeypatch):
     monkeypatch.delenv("DEFOCUS_WEIGHTS_DIR", raising=False)
     folder = registry.weights_dir()
     assert type(folder).__name__ in ("PosixPath", "WindowsPath"), folder  # a real folder
-    model, meta = load_model(registry.DEFAULT_MODEL)
-    assert meta["name"] == registry.DEFAULT_MODEL and meta["sigma_max"] == 7.0
+    model, meta = load_model(DEFAULT_MODEL)
+    assert meta["name"] == DEFAULT_MODEL and meta["sigma_max"] == 7.0
     assert "train_command" in meta and meta["sha256"] == registry.sha256_file(folder / "dmenet-lite.pt")

@@ -102,14 +102,6 @@ def test_park_threshold_formula():
     assert M.park_threshold(v, alpha=0.5) == pytest.approx(6.0)
 
 
-def test_mask_labels_uint8_and_float():
-    m = np.array([[255, 0, 128]], np.uint8)
-    lab = M.mask_labels(m)
-    assert lab[0, 0] == 1 and lab[0, 1] == 0 and math.isnan(lab[0, 2])
-    lab = M.mask_labels(np.array([1.0, 0.0, np.nan, 0.5]))
-    assert lab[0] == 1 and lab[1] == 0 and np.isnan(lab[2:]).all()
-
-
 def test_mask_accuracy_by_hand():
     pred = np.array([0.0, 1.0, 2.0, 10.0, 4.0])  # tau = 3.0 + 0 = 3.0 -> blurred: 10, 4
     gt = np.array([0, 0, 255, 255, 128], np.uint8)  # last pixel unknown -> ignored

@@ -11,7 +11,6 @@ from defocus_cli.pipelines.deblur import (
     deblur,
     level_weights,
     clipped_mask,
-    match_map_to_image,
     saturation_keep,
     sigma_levels,
 )
@@ -207,15 +206,6 @@ def test_levels_and_weights() -> None:
     j, t = level_weights(s, geo, 1.0)
     blended = geo[j] * (1 - t) + geo[j + 1] * t
     np.testing.assert_allclose(blended[0][(s[0] > 0.5) & (s[0] < 8)], s[0][(s[0] > 0.5) & (s[0] < 8)], rtol=1e-5)
-
-
-def test_match_map_to_image_rescales_sigma() -> None:
-    small = np.full((50, 75), 2.0, np.float32)
-    big = match_map_to_image(small, (100, 150))
-    assert big.shape == (100, 150)
-    np.testing.assert_allclose(big, 4.0, rtol=1e-5)
-    with pytest.raises(ValueError, match="aspect ratio"):
-        match_map_to_image(small, (100, 100))
 
 
 def test_saturation_keep_fades_near_clipping() -> None:

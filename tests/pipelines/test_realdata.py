@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from defocus_cli.io.images import read_png16
 from defocus_cli.ops.thinlens import alpha_from_lens
 from defocus_cli.pipelines import realdata as R
 
@@ -54,11 +55,6 @@ def test_invalid_depth_zero_range_speckle_and_edges():
     assert np.isnan(s[5, 5]) and np.isfinite(s[20, 25])
     no_band = R.valid_depth(z, R.DfdIndoorConfig(edge_band_px=0))
     assert no_band[20, 36] and no_band[20, 43]
-
-
-def test_blur_mask_values():
-    s = np.array([[0.2, 1.0, 3.0, np.nan]], np.float32)
-    np.testing.assert_array_equal(R.blur_mask(s, 1.0), [[0, 255, 255, 128]])
 
 
 def test_split_is_fixed_by_group_and_sized():
@@ -120,7 +116,7 @@ def test_real_scene_with_shifted_pair(dfd):
 
 
 def test_real_depth_is_millimetres(dfd):
-    z = R._read_depth_mm(dfd / "depth" / "indoor_073.png")
+    z = read_png16(dfd / "depth" / "indoor_073.png")
     assert z.dtype == np.uint16 and z.shape == (432, 645)
     assert 1000 < np.median(z) < 6000  # an office seen from 1-6 m, in mm
 

@@ -69,7 +69,8 @@ def test_layout_labels_and_camera(tmp_path):
         mask = cv2.imread(str(out / r["mask"]), cv2.IMREAD_UNCHANGED)
         assert image.dtype == np.uint8 and image.shape == (r["height"], r["width"], 3)
         assert sigma.dtype == np.float32 and sigma.shape == image.shape[:2]
-        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 128, 255}
+        np.testing.assert_array_equal(mask == 128, np.isnan(sigma))  # no label: unknown, not sharp
         # the paper's camera: S1 in [x_near, x_far], 0 <= alpha <= alpha_up, CoC <= c_max
         assert r["x_near"] <= r["S1"] <= r["x_far"]
         assert 0 <= r["alpha"] <= r["alpha_up"]

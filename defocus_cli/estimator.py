@@ -1,0 +1,121 @@
+"""A defocus estimator ready to run: weights loaded once, device and precision chosen once.
+
+    from defocus_cli import load_estimator, read_image
+
+    est = load_estimator()                     # shipped weights, device "auto", precision "auto"
+    sigma = est.estimate(read_image("photo.jpg").pixels).sigma   # (H, W) float32 px
+
+Out of memory on an accelerator is not fatal to a photo: the network is run again in smaller
+tiles (down to MIN_OOM_TILE px) before the photo fails with a ProcessingError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from defocus_cli.errors import ProcessingError
+from defocus_cli.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from defocus_cli.pipelines.estimate import EstimateResult
+
+#: px; the smallest tile the network is retried with after running out of accelerator memory
+MIN_OOM_TILE = 256
+
+
+@dataclass
+class Estimator:
+    """A loaded network with where and how it runs."""
+
+    model: Any  # defocus_cli.models.b.BlurNet, in eval mode on ``device``
+    meta: dict[str, Any]
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype for autocast, or None for fp32
+
+    def get(self) -> "Estimator":
+        """The estimator itself (the same call as LazyEstimator.get, so either can be passed)."""
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """What made a map: name, sha256, architecture, width, sigma_max, device, precision."""
+        from defocus_cli.device import precision_name
+
+        cfg = self.meta.get("config", {})
+        return {"name": self.meta.get("name"), "sha256": self.meta.get("sha256"),
+                "architecture": self.meta.get("architecture"), "width": cfg.get("width"),
+                "sigma_max": self.meta.get("sigma_max"), "device": str(self.device),
+                "precision": precision_name(self.dtype)}
+
+    def estimate(self, rgb: "np.ndarray", working_size: int | None = None,
+                 refine: bool = True) -> "EstimateResult":
+        """The defocus map of an (H, W, 3) float32 RGB photo in [0, 1].
+
+        working_size: long side (px) the network sees (None: DEFAULT_WORKING_SIZE; 0: the
+        photo's own size). Returns pipelines.estimate.EstimateResult (sigma (H, W) float32, px
+        of the photo). Raises ProcessingError when even MIN_OOM_TILE px tiles do not fit.
+        """
+        import torch
+
+        from defocus_cli.pipelines.estimate import DEFAULT_WORKING_SIZE, EstimateConfig, estimate_defocus
+
+        ws = DEFAULT_WORKING_SIZE if working_size is None else working_size
+        config = EstimateConfig(working_size=ws or None, refine=refine)
+        while True:
+            try:
+                return estimate_defocus(rgb, self.model, self.meta, config, self.dtype)
+            except torch.OutOfMemoryError:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if config.tile // 2 < MIN_OOM_TILE:
+                    raise ProcessingError(
+                        f"out of {self.device.type.upper()} memory even in {config.tile} px tiles "
+                        "(try a smaller --working-size or --device cpu)") from None
+                tile = config.tile // 2
+                config = EstimateConfig(working_size=config.working_size, refine=refine, tile=tile,
+                                        tile_overlap=min(config.tile_overlap, tile // 4))
+
+
+def load_estimator(model: str = DEFAULT_MODEL, weights: str | Path | None = None, device: str = "auto",
+                   precision: str = "auto") -> Estimator:
+    """Choose the device and precision, load and verify the weights.
+
+    model: a registry name (``defocus_cli.models.registry.REGISTRY``); weights: a ``.pt`` file
+    with its ``.json`` instead. device: auto | cpu | cuda | cuda:N; precision: auto | fp32 |
+    bf16 | fp16 (auto: bf16 on GPUs and AMX CPUs, fp32 elsewhere). Raises WeightsError,
+    DeviceError or InputError.
+    """
+    import torch
+
+    from defocus_cli.device import resolve_device, resolve_precision
+    from defocus_cli.models.b import fuse_for_inference
+    from defocus_cli.models.registry import load_model
+
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    net, meta = load_model(weights if weights is not None else model, dev)
+    # BN folded into the convolutions and NHWC layout: both measured faster for inference
+    # (benchmarks/README.md); the outputs are the same to float rounding
+    net = fuse_for_inference(net).to(memory_format=torch.channels_last)
+    return Estimator(net, meta, dev, dtype)
+
+
+class LazyEstimator:
+    """Loads the network on first ``get()``, so work given maps for every photo never loads it."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, weights: str | Path | None = None,
+                 device: str = "auto", precision: str = "auto") -> None:
+        self._args = (model, weights, device, precision)
+        self._estimator: Estimator | None = None
+
+    def get(self) -> Estimator:
+        if self._estimator is None:
+            self._estimator = load_estimator(*self._args)
+        return self._estimator
+
+    @property
+    def loaded(self) -> bool:
+        return self._estimator is not None

@@ -1,0 +1,116 @@
+"""The library's Estimator: shipped weights against a known map, and running out of memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from defocus_cli.errors import ProcessingError
+from defocus_cli.estimator import MIN_OOM_TILE, LazyEstimator, load_estimator
+from defocus_cli.io.images import load_map, read_image, write_image
+from defocus_cli.ops.metrics import spearman
+from defocus_cli.pipelines import estimate as E
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_weights_on_the_example_photo():
+    """Golden figures of the shipped dmenet-lite on examples/scene.jpg against its true map.
+
+    Measured: MAE 1.18 px, Spearman 0.67; a constant map at the truth's median scores MAE 1.43.
+    The bounds leave room for float differences between machines, not for a worse network.
+    """
+    est = load_estimator(device="cpu", precision="fp32")
+    sigma = est.estimate(read_image(REPO / "examples" / "scene.jpg").pixels).sigma
+    truth = load_map(REPO / "examples" / "scene.truth.png")
+    assert sigma.shape == truth.shape == (800, 1200)
+    mae = float(np.abs(sigma - truth).mean())
+    constant = float(np.abs(np.median(truth) - truth).mean())
+    assert mae < 1.25, f"MAE {mae:.3f} px"
+    assert mae < constant - 0.15
+    assert spearman(sigma, truth) > 0.62
+
+
+def _oom_above(side: int, calls: list[tuple[int, int]]):
+    """A run_network that runs out of memory for tiles with a side over ``side``."""
+    real = E.run_network
+
+    def run_network(rgb, model, dtype=None, tile=1024, overlap=96):
+        calls.append((tile, overlap))
+        if min(tile, max(rgb.shape[:2])) > side:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(rgb, model, dtype, tile, overlap)
+
+    return run_network
+
+
+def test_out_of_memory_retries_in_smaller_tiles(tiny_weights, monkeypatch):
+    est = load_estimator(weights=tiny_weights, device="cpu", precision="fp32")
+    rgb = np.random.default_rng(0).random((400, 600, 3)).astype(np.float32)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(E, "run_network", _oom_above(MIN_OOM_TILE, calls))
+    got = est.estimate(rgb, working_size=0).sigma
+    assert [t for t, _ in calls] == [1024, 512, 256]
+    monkeypatch.undo()
+    cfg = E.EstimateConfig(working_size=None, tile=256, tile_overlap=64)
+    want = E.estimate_defocus(rgb, est.model, est.meta, cfg).sigma
+    np.testing.assert_array_equal(got, want)
+
+
+def test_out_of_memory_at_the_smallest_tile_fails_the_photo(tiny_weights, monkeypatch):
+    est = load_estimator(weights=tiny_weights, device="cpu", precision="fp32")
+    monkeypatch.setattr(E, "run_network", _oom_above(16, []))
+    with pytest.raises(ProcessingError, match="out of CPU memory even in 256 px tiles"):
+        est.estimate(np.zeros((300, 300, 3), np.float32), working_size=0)
+
+
+def test_a_batch_goes_on_past_a_photo_that_runs_out_of_memory(tiny_weights, tmp_path, monkeypatch):
+    from defocus_cli.cli import app
+
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "big.png", rng.random((300, 300, 3)).astype(np.float32))
+    write_image(tmp_path / "small.png", rng.random((40, 60, 3)).astype(np.float32))
+    monkeypatch.setattr(E, "run_network", _oom_above(100, []))
+    result = CliRunner().invoke(app, ["estimate", str(tmp_path / "big.png"), str(tmp_path / "small.png"),
+                                      "--weights", str(tiny_weights), "--device", "cpu",
+                                      "--working-size", "0", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "big.png: out of CPU memory" in result.output
+    assert "1 of 2 failed" in result.output
+    assert (tmp_path / "out" / "small.defocus.npy").is_file()
+    assert not (tmp_path / "out" / "big.defocus.npy").exists()
+
+
+def test_an_out_of_memory_error_outside_the_estimator_fails_only_that_photo(tmp_path, monkeypatch):
+    """An accelerator OOM anywhere in a photo's work (here: deblurring) is that photo's failure."""
+    from defocus_cli import photos
+    from defocus_cli.cli import app
+
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        write_image(tmp_path / f"{name}.png", rng.random((30, 40, 3)).astype(np.float32))
+        np.save(tmp_path / f"{name}.defocus.npy", np.full((30, 40), 1.5, np.float32))
+    real = photos.deblur_pixels
+
+    def deblur_pixels(pixels, *args, **kwargs):
+        if pixels[0, 0, 0] == read_image(tmp_path / "a.png").pixels[0, 0, 0]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(pixels, *args, **kwargs)
+
+    monkeypatch.setattr(photos, "deblur_pixels", deblur_pixels)
+    result = CliRunner().invoke(app, ["deblur", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                                      "--map", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "a.png: out of accelerator memory" in result.output
+    assert (tmp_path / "out" / "b.deblurred.png").is_file()
+
+
+def test_lazy_estimator_loads_once(tiny_weights):
+    lazy = LazyEstimator(weights=tiny_weights, device="cpu")
+    assert not lazy.loaded
+    first = lazy.get()
+    assert lazy.loaded and lazy.get() is first and first.get() is first
