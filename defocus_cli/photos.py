@@ -54,6 +54,11 @@ def output_path(photo: Path, output: Path | None, suffix: str) -> Path:
     return (output or photo.parent) / f"{photo.stem}.{suffix}"
 
 
+def _ensure_folder(output: Path | None) -> None:
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+
+
 def image_suffix(photo: Path, kind: str) -> str:
     """``kind`` + the photo's own extension: outputs keep the input's format (NAME.deblurred.jpg)."""
     return f"{kind}{photo.suffix.lower() or '.png'}"
@@ -113,6 +118,7 @@ def estimate_photo(photo: Path, estimator: "Estimator | LazyEstimator", output: 
                    preview_max: float = 0.0) -> dict[str, Any]:
     """Estimate one photo's map and write its four files. Returns width, height, working size
     and the map's statistics (px)."""
+    _ensure_folder(output)
     image = read_image(photo)
     est = estimator.get()
     result = est.estimate(image.pixels, working_size, refine)
@@ -134,6 +140,7 @@ def magnify_photo(photo: Path, config: "MagnifyConfig", output: Path | None = No
     """Magnify one photo's defocus blur; writes NAME.magnified.EXT in its format and bit depth."""
     from defocus_cli.pipelines.magnify import magnify_defocus
 
+    _ensure_folder(output)
     image = read_image(photo)
     sigma, origin = obtain_map(photo, image.pixels, map_source, estimator, working_size)
     result = magnify_defocus(image.pixels, sigma, config)
@@ -168,6 +175,7 @@ def deblur_photo(photo: Path, config: "DeblurConfig", output: Path | None = None
     margin: px subtracted from the map (None: the policy of ``maps.deblur_margin``). device:
     a torch.device for the FFTs (None: numpy); defaults to the estimator's when it runs.
     """
+    _ensure_folder(output)
     image = read_image(photo)
     sigma, origin = obtain_map(photo, image.pixels, map_source, estimator, working_size)
     if device is None and origin["source"] == "estimated":
@@ -197,6 +205,7 @@ def depth_photo(photo: Path, focus: str = "near", lens_flags: dict[str, float | 
     """
     from defocus_cli.pipelines.depth import DepthConfig, depth_from_sigma, resolve_lens
 
+    _ensure_folder(output)
     image = read_image(photo)
     sigma, origin = obtain_map(photo, image.pixels, map_source, estimator, working_size)
     W, H = image.size

@@ -99,3 +99,19 @@ def test_deblur_margin_policy():
     assert deblur_margin({"source": "m.npy"}) == 0.0
     assert deblur_margin({"source": "estimated"}, 0.25) == 0.25
     assert deblur_margin({"source": "m.npy"}, 0.0) == 0.0
+
+
+def test_the_readme_library_example_runs(tmp_path, monkeypatch):
+    import re
+    import shutil
+
+    from defocus_cli.io.images import load_map, read_image
+
+    code = re.search(r"## Library.*?```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    shutil.copy(REPO / "examples" / "scene.jpg", tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["sigma"].shape == (800, 1200)
+    np.testing.assert_allclose(load_map(tmp_path / "maps" / "photo.defocus.npy"), scope["sigma"], atol=1e-6)
+    assert read_image(tmp_path / "sharp" / "photo.deblurred.jpg").pixels.shape == (800, 1200, 3)

@@ -7,23 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from defocus_cli.cli.common import (
-    DeviceOpt,
-    MapOpt,
-    ModelOpt,
-    OutputOpt,
-    OverwriteOpt,
-    PhotosArg,
-    PrecisionOpt,
-    RecursiveOpt,
-    WeightsOpt,
-    WorkingSizeOpt,
-    expand_inputs,
-    fail,
-    prepare_estimator,
-    prepare_output_dir,
-    run_batch,
-)
+from defocus_cli.cli.common import (DeviceOpt, MapOpt, ModelOpt, OutputOpt, OverwriteOpt, PhotosArg,
+                                    PrecisionOpt, RecursiveOpt, WeightsOpt, WorkingSizeOpt, expand_inputs,
+                                    fail, prepare_estimator, prepare_output_dir, run_batch)
 from defocus_cli.errors import DefocusError, InputError
 from defocus_cli.models import DEFAULT_MODEL
 

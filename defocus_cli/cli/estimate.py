@@ -7,22 +7,9 @@ from typing import Annotated
 
 import typer
 
-from defocus_cli.cli.common import (
-    DeviceOpt,
-    ModelOpt,
-    OutputOpt,
-    OverwriteOpt,
-    PhotosArg,
-    PrecisionOpt,
-    RecursiveOpt,
-    WeightsOpt,
-    WorkingSizeOpt,
-    expand_inputs,
-    fail,
-    prepare_estimator,
-    prepare_output_dir,
-    run_batch,
-)
+from defocus_cli.cli.common import (DeviceOpt, ModelOpt, OutputOpt, OverwriteOpt, PhotosArg, PrecisionOpt,
+                                    RecursiveOpt, WeightsOpt, WorkingSizeOpt, expand_inputs, fail,
+                                    prepare_estimator, prepare_output_dir, run_batch)
 from defocus_cli.errors import DefocusError
 from defocus_cli.models import DEFAULT_MODEL
 

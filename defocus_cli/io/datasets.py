@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from defocus_cli.errors import InputError
-from defocus_cli.io.images import atomic_write
+from defocus_cli.io.images import atomic_write, read_raw
 
 MANIFEST = "manifest.jsonl"
 
@@ -32,6 +32,32 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: not JSON ({exc})") from None
+        if not isinstance(entry, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(entry).__name__}")
+        out.append(entry)
+    return out
+
+
+def read_jsonl_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of an append-only JSON-lines log (a training run's metrics.jsonl).
+
+    Like read_jsonl, except that a last line without its newline is not a record but a write
+    cut short when the writer was killed, and is skipped.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    out = []
+    # the piece after the last newline is "" in a whole log, or the cut-short line
+    for lineno, line in enumerate(text.split("\n")[:-1], 1):
         if not line.strip():
             continue
         try:
@@ -73,12 +99,7 @@ def has_manifest(root: str | Path) -> bool:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A blur mask PNG -> (H, W) uint8 (MASK_BLURRED / MASK_SHARP / other = unknown)."""
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    a = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if a is None:
-        raise InputError(f"{path}: cannot read mask (missing, truncated or not an image)")
-    return a
+    return read_raw(path, "a blur mask", cv2.IMREAD_GRAYSCALE)
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:

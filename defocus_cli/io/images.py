@@ -218,15 +218,16 @@ def _pil_to_rgb(im: PILImage.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) * np.float32(1 / 255)
 
 
-def read_raw(path: str | Path, what: str = "image") -> np.ndarray:
-    """Decode an image file as stored (any bit depth, channels in OpenCV's BGR order).
+def read_raw(path: str | Path, what: str = "image", flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Decode an image file as stored (any bit depth, channels in OpenCV's BGR order; ``flags``
+    are OpenCV's imread flags, e.g. IMREAD_GRAYSCALE).
 
     InputError naming the file and ``what`` it should be when it is missing, empty or not a
     decodable image. (Photos go through ``read_image``; this is for maps, masks and depth.)
     """
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    a = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    a = cv2.imdecode(data, flags) if data.size else None
     if a is None:
         raise InputError(f"{path}: missing, truncated or not an image (expected {what})")
     return a
