@@ -54,18 +54,32 @@ def test_png16_in_png16_out_and_sharper(tmp_path):
 
 def test_jpeg_and_map_folder_for_several_photos_then_skip(tmp_path):
     (tmp_path / "maps").mkdir()
-    for name in ("a", "b"):
+    for name, sigma in (("a", 2.0), ("b", 0.0)):  # the same photo, a different map each
         _blurred_photo(tmp_path / f"{name}.jpg")
-        _map(tmp_path / "maps" / f"{name}.defocus.npy")
+        _map(tmp_path / "maps" / f"{name}.defocus.npy", value=sigma)
     args = ["deblur", str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"),
             "--map", str(tmp_path / "maps"), "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    # each photo got its own map: a (sigma 2) deblurred everywhere, b (sigma 0) nowhere
+    rows = {line.split()[0]: line for line in result.output.splitlines() if ".jpg" in line}
+    assert "2.00" in rows["a.jpg"] and "100%" in rows["a.jpg"], result.output
+    assert "0.00" in rows["b.jpg"] and " 0%" in rows["b.jpg"], result.output
+    stamps, outs = {}, {}
     for name in ("a", "b"):
         out = read_image(tmp_path / f"{name}.deblurred.jpg")
         assert out.format == "JPEG" and out.bit_depth == 8 and out.pixels.shape == (48, 64, 3)
+        outs[name] = out.pixels
+        stamps[name] = (tmp_path / f"{name}.deblurred.jpg").stat().st_mtime_ns
+
+    def edges(x):
+        return np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()
+
+    assert edges(outs["a"]) > 1.03 * edges(outs["b"])  # measured 1.08: a was sharpened, b kept
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "skipped" in again.output
+    for name in ("a", "b"):  # skipped means not rewritten
+        assert (tmp_path / f"{name}.deblurred.jpg").stat().st_mtime_ns == stamps[name]
 
 
 def test_map_of_another_resolution_is_rescaled(tmp_path):
@@ -118,7 +132,17 @@ def test_estimates_the_map_without_map(tmp_path, tiny_weights):
     result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--weights", str(tiny_weights),
                                  "--device", "cpu", "--working-size", "0"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "p.deblurred.png").is_file() and "estimated" in result.output
+    assert "estimated" in result.output
+    # oracle: the map `defocus estimate` writes with the same network, deblurred with the
+    # estimated-map margin (0.625 px, the --margin default for estimated maps in --help)
+    result = runner.invoke(app, ["estimate", str(tmp_path / "p.png"), "--weights", str(tiny_weights),
+                                 "--device", "cpu", "--working-size", "0", "-o", str(tmp_path / "maps")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["deblur", str(tmp_path / "p.png"), "--map", str(tmp_path / "maps"),
+                                 "--margin", "0.625", "--device", "cpu", "-o", str(tmp_path / "oracle")])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_image(tmp_path / "p.deblurred.png").pixels,
+                                  read_image(tmp_path / "oracle" / "p.deblurred.png").pixels)
 
 
 def test_help_does_not_import_torch():
@@ -128,8 +152,8 @@ def test_help_does_not_import_torch():
 
 
 def test_margin_defaults_to_the_estimators_error_and_zero_for_a_given_map(tmp_path, tiny_weights):
-    from defocus_cli.pipelines.deblur import ESTIMATED_MAP_MARGIN
-
+    # 0.625 px: the default margin for estimated maps that `deblur --help` documents
+    estimated_map_margin = "0.625"
     _blurred_photo(tmp_path / "p.png", bit_depth=16)
     _map(tmp_path / "p.defocus.npy", value=2.0)
 
@@ -145,12 +169,12 @@ def test_margin_defaults_to_the_estimators_error_and_zero_for_a_given_map(tmp_pa
     np.testing.assert_array_equal(run("g", *given), given_no_margin)
     assert np.abs(run("g", *given) - run("g1", *given, "--margin", "1")).max() > 0.01
     est = ("--weights", str(tiny_weights))
-    np.testing.assert_array_equal(run("e", *est), run("em", *est, "--margin", str(ESTIMATED_MAP_MARGIN)))
+    np.testing.assert_array_equal(run("e", *est), run("em", *est, "--margin", estimated_map_margin))
     # a map file from `defocus estimate` (its JSON sidecar names the model) counts as estimated
     np.save(tmp_path / "est.defocus.npy", np.full((48, 64), 2.0, np.float32))
     (tmp_path / "est.defocus.json").write_text('{"model": {"name": "dmenet-lite"}}')
     from_file = ("--map", str(tmp_path / "est.defocus.npy"))
-    np.testing.assert_array_equal(run("f", *from_file), run("f1", *given, "--margin", str(ESTIMATED_MAP_MARGIN)))
+    np.testing.assert_array_equal(run("f", *from_file), run("f1", *given, "--margin", estimated_map_margin))
     (tmp_path / "est.defocus.json").write_text("not json")
     np.testing.assert_array_equal(run("f2", *from_file), given_no_margin)
 

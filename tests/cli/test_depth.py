@@ -25,6 +25,12 @@ def test_pseudo_and_metric_outputs(tmp_path):
     assert meta["kind"] == "pseudo" and meta["lens"] is None
     d = np.load(out / "p.depth.npy")
     assert d.shape == (20, 30) and np.all(np.diff(d[0]) > 0)
+    # hand oracle: c = 4 sigma, alpha assumed 1.25 x the largest c (module docstring: the
+    # blurriest pixel lies at 5 focus distances), x = alpha / (alpha - c) behind the focus plane
+    c = 4.0 * sigma.astype(np.float64)
+    alpha = 1.25 * c.max()
+    np.testing.assert_allclose(d, alpha / (alpha - c), rtol=1e-6)
+    assert np.isclose(d[0, -1], 5.0, rtol=1e-6)
     r = runner.invoke(app, ["depth", str(tmp_path / "p.png"), "--map", str(tmp_path / "p.defocus.npy"),
                             "-o", str(out), "--overwrite", "--focal-length", "35", "--f-number", "2.8",
                             "--focus-distance", "1.7", "--pixel-pitch", "36"])
@@ -34,6 +40,10 @@ def test_pseudo_and_metric_outputs(tmp_path):
     assert meta["lens"]["f_number"] == {"value": 2.8, "source": "flag"}
     d = np.load(out / "p.depth.npy")
     assert d[0, 0] == np.float32(1.7) and np.all(np.diff(d[0]) > 0)
+    # hand oracle, thin lens in mm: alpha = F^2 / (N (S1 - F)) on the sensor, / pitch for px;
+    # x = S1 alpha / (alpha - c) behind the focus plane (rtol 1e-6: float32 output)
+    alpha_px = 35.0 ** 2 / (2.8 * (1700.0 - 35.0)) / 0.036
+    np.testing.assert_allclose(d, 1.7 * alpha_px / (alpha_px - c), rtol=1e-6)
     png = load_map(out / "p.depth.png")  # in mm / 1000 = m: the load_map scale is 1000 too
     assert np.allclose(png, np.where(np.isfinite(d), d, png), atol=1e-3)
 

@@ -41,18 +41,32 @@ def test_help_and_version_do_not_import_torch():
 
 
 def test_writes_the_four_outputs_with_units(photos, tmp_path, tiny_weights):
+    from defocus_cli.estimator import load_estimator
+    from defocus_cli.io.images import read_image
+
     out = tmp_path / "out"
-    result = _run("estimate", photos, "-o", out, "--weights", tiny_weights)
+    result = _run("estimate", photos, "-o", out, "--weights", tiny_weights, "--device", "cpu",
+                  "--precision", "fp32")
     assert result.exit_code == 0, result.output
+    oracle = load_estimator(weights=tiny_weights, device="cpu", precision="fp32")
     for stem, (h, w) in {"a": (40, 60), "b": (33, 21)}.items():
+        path = photos / f"{stem}.{'jpg' if stem == 'a' else 'png'}"
         sigma = np.load(out / f"{stem}.defocus.npy")
-        assert sigma.shape == (h, w) and sigma.dtype == np.float32 and sigma.min() >= 0
+        assert sigma.shape == (h, w) and sigma.dtype == np.float32
+        # the map is the library estimator's on the same photo (same device and precision):
+        # 1e-6 px allows only float rounding
+        expected = oracle.estimate(read_image(path).pixels, 768).sigma
+        np.testing.assert_allclose(sigma, expected, atol=1e-6)
+        # 16-bit PNG in 1/1000 px: round-off at most half a unit (+ float slack)
         assert np.abs(load_map(out / f"{stem}.defocus.png") - sigma).max() <= 0.0006
         assert (out / f"{stem}.defocus.preview.png").is_file()
         meta = json.loads((out / f"{stem}.defocus.json").read_text())
         assert "sigma in pixels" in meta["units"] and meta["png16_scale"] == 1000
         assert meta["model"]["sha256"] and meta["scale"] == 1.0
         assert meta["input"]["width"] == w and meta["input"]["height"] == h
+        assert meta["model"]["device"] == "cpu" and meta["model"]["precision"] == "fp32"
+        assert meta["stats_px"]["max"] == pytest.approx(float(sigma.max()), rel=1e-6)
+        assert meta["stats_px"]["mean"] == pytest.approx(float(sigma.mean()), rel=1e-5)
     assert "2 done" in result.output
 
 
@@ -98,7 +112,10 @@ def test_batch_goes_on_past_bad_files(photos, tmp_path, tiny_weights):
     (["--model", "nope"], 2, "unknown model 'nope'"),
     (["--weights", "/nonexistent/w.pt"], 2, "weights file not found"),
 ])
-def test_bad_options_are_one_line_errors(photos, tiny_weights, args, code, words):
+def test_bad_options_are_one_line_errors(photos, tiny_weights, args, code, words, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the no-GPU error, on any machine
     if "--weights" not in args:
         args = args + ["--weights", str(tiny_weights)] if "--model" not in args else args
     r = _run("estimate", photos / "a.jpg", *args)

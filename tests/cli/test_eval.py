@@ -61,7 +61,22 @@ def test_eval_dataset_writes_report(dataset, tiny_weights, tmp_path):
     assert data["split"] == "test" and data["n_images"] == 1 and data["images"][0]["name"] == "a"
     for key in ("mse", "mae", "mae_px", "spearman", "accuracy", "ap"):
         assert key in data["mean"]
-    assert data["mean"]["mae"] == pytest.approx(data["mean"]["mae_px"] / 3.275)
+    # oracle: the library estimator at the image's own size, errors computed here by hand and
+    # Spearman by scipy (rel 1e-5: float32 maps, float64 sums)
+    from scipy.stats import spearmanr
+
+    from defocus_cli.estimator import load_estimator
+    from defocus_cli.io.images import read_image
+
+    rgb = read_image(dataset / "image" / "a.png").pixels
+    pred = load_estimator(weights=tiny_weights, device="cpu", precision="fp32").estimate(rgb, 0).sigma
+    d = pred.astype(np.float64) - np.load(dataset / "sigma" / "a.npy")
+    mean = data["mean"]
+    assert mean["mae_px"] == pytest.approx(np.abs(d).mean(), rel=1e-5)
+    assert mean["mae"] == pytest.approx(np.abs(d).mean() / 3.275, rel=1e-5)
+    assert mean["mse"] == pytest.approx(np.mean((d / 3.275) ** 2), rel=1e-5)
+    rho = spearmanr(pred.ravel(), np.load(dataset / "sigma" / "a.npy").ravel()).statistic
+    assert mean["spearman"] == pytest.approx(rho, abs=1e-6)
     assert data["estimate"]["working_size"] == "native"
     assert data["estimator"]["device"] == "cpu"
     assert "MAE px" in r.output and "mean" in r.output
@@ -77,6 +92,15 @@ def test_eval_run_alias_split_all_and_deblur(dataset, tiny_weights, tmp_path):
     row = data["images"][0]
     assert {"psnr_input", "psnr_deblurred", "psnr_gain", "ssim_input", "ssim_deblurred"} <= set(row)
     assert row["psnr_gain"] == pytest.approx(row["psnr_deblurred"] - row["psnr_input"])
+    # the input's PSNR against sharp/, by hand (the pair has no valid box: whole image)
+    from defocus_cli.io.images import read_image
+
+    name = row["name"]
+    blurred = read_image(dataset / "image" / f"{name}.png").pixels.astype(np.float64)
+    sharp = read_image(dataset / "sharp" / f"{name}.png").pixels.astype(np.float64)
+    expected = 10 * np.log10(1 / np.mean((blurred - sharp) ** 2))
+    assert row["psnr_input"] == pytest.approx(expected, abs=1e-4)
+    assert {r["name"] for r in data["images"]} == {"a", "b"}
 
 
 def test_eval_bad_inputs_are_one_line_errors(dataset, tiny_weights, tmp_path):

@@ -58,9 +58,11 @@ def test_jpeg_and_map_folder_for_several_photos(tmp_path):
         # the in-focus left quarter only changes by JPEG re-encoding; the right half is blurred
         kept = np.abs(out.pixels[:, :8] - src[:, :8]).mean()
         assert kept < 0.05 and np.abs(out.pixels[:, 40:] - src[:, 40:]).mean() > 2 * kept
+    before = (tmp_path / "a.magnified.jpg").stat().st_mtime_ns
     again = runner.invoke(app, ["magnify", str(tmp_path / "a.jpg"), "--scale", "8",
                                 "--map", str(tmp_path / "maps")])
     assert again.exit_code == 0 and "skipped" in again.output
+    assert (tmp_path / "a.magnified.jpg").stat().st_mtime_ns == before  # not rewritten
 
 
 def test_usage_errors(tmp_path):
@@ -82,7 +84,16 @@ def test_estimates_the_map_without_map(tmp_path, tiny_weights):
     result = runner.invoke(app, ["magnify", str(photo), "--scale", "4", "--weights", str(tiny_weights),
                                  "--device", "cpu", "--working-size", "0"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "p.magnified.png").is_file() and "estimated" in result.output
+    assert "estimated" in result.output
+    # oracle: the map `defocus estimate` writes with the same network, given with --map
+    result = runner.invoke(app, ["estimate", str(photo), "--weights", str(tiny_weights), "--device", "cpu",
+                                 "--working-size", "0", "-o", str(tmp_path / "maps")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["magnify", str(photo), "--scale", "4", "--map", str(tmp_path / "maps"),
+                                 "-o", str(tmp_path / "oracle")])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_image(tmp_path / "p.magnified.png").pixels,
+                                  read_image(tmp_path / "oracle" / "p.magnified.png").pixels)
 
 
 def test_help_does_not_import_torch():

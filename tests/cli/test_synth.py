@@ -37,8 +37,17 @@ def test_synth_writes_a_dataset_and_resumes(tmp_path):
     assert {r["source"] for r in records} == {"set", "procedural"}  # the folders' common parent
     assert (out / "image" / "set-a-01.png").is_file()
     assert json.loads((out / "dataset.json").read_text())["options"]["procedural_size"] == [40, 32]
+    # the RGB-D sample's label is Eq. 1 on the given depth (mm in the PNG), sigma = c / 4, with
+    # the sample's recorded alpha and S1 (rtol 1e-5: a float32 map)
+    rec = next(r for r in records if r["name"] == "set-a-01")
+    x = cv2.imread(str(depth / "a.png"), cv2.IMREAD_UNCHANGED).astype(np.float64) / 1000
+    sigma = np.load(out / rec["sigma"])
+    np.testing.assert_allclose(sigma, rec["alpha"] * np.abs(x - rec["S1"]) / x / 4, rtol=1e-5, atol=1e-6)
+    assert rec["sigma_max"] == np.float32(sigma.max())
+    stamp = (out / "image" / "set-a-01.png").stat().st_mtime_ns
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "4 already there" in again.output
+    assert (out / "image" / "set-a-01.png").stat().st_mtime_ns == stamp  # resumed, not redone
 
 
 def test_synth_usage_errors(tmp_path):

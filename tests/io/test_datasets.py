@@ -42,5 +42,5 @@ def test_mask_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         write_mask(tmp_path / "f.png", m.astype(np.float32))
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(InputError, match="not an image \(expected a blur mask\)"):
+    with pytest.raises(InputError, match=r"not an image \(expected a blur mask\)"):
         read_mask(tmp_path / "bad.png")

@@ -63,7 +63,8 @@ def test_syndof_disp_png_is_depth_in_cm(tmp_path):
     assert m.depth[0, 0] == pytest.approx(1.62) and m.depth[3, 0] == pytest.approx(3.07)
     # the explicit encoding reads the same file as disparity instead: larger value = nearer
     d = read_depth(tmp_path / "disp0.png", encoding="middlebury-disparity")
-    assert d.depth[0, 0] > d.depth[3, 0] and d.unit == "relative"
+    assert d.unit == "relative"
+    np.testing.assert_allclose(d.depth[[0, 3], 0], [1 / 162, 1 / 307], rtol=1e-6)  # 1 / disparity
 
 
 def test_middlebury_pfm_with_and_without_calib(tmp_path):
@@ -92,7 +93,9 @@ def test_middlebury_8bit_disparity_png(tmp_path):
     cv2.imwrite(str(tmp_path / "disp1.png"), np.array([[0, 40], [80, 160]], np.uint8))
     m = read_depth(tmp_path / "disp1.png")
     assert m.encoding == "middlebury-disparity" and m.unit == "relative"
-    assert np.isnan(m.depth[0, 0]) and m.depth[0, 1] > m.depth[1, 0] > m.depth[1, 1]
+    assert np.isnan(m.depth[0, 0])  # 0 = unknown
+    np.testing.assert_allclose([m.depth[0, 1], m.depth[1, 0], m.depth[1, 1]], [1 / 40, 1 / 80, 1 / 160],
+                               rtol=1e-6)  # 1 / disparity, relative
 
 
 def test_sintel_dpt(tmp_path):

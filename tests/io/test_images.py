@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -58,7 +59,16 @@ def test_modes_become_rgb(tmp_path, mode, note):
     im.save(path)
     out = read_image(path)
     assert out.pixels.shape == (24, 32, 3)
-    assert 0 <= out.pixels.min() and out.pixels.max() <= 1
+    src = np.asarray(base, np.float32) / 255
+    if mode in ("L", "LA"):  # grey in all three channels (opaque alpha changes nothing)
+        expected = np.repeat(np.asarray(base.convert("L"), np.float32)[..., None] / 255, 3, axis=2)
+        np.testing.assert_allclose(out.pixels, expected, atol=1e-6)
+    elif mode == "RGBA":  # opaque alpha: the colours themselves
+        np.testing.assert_allclose(out.pixels, src, atol=1e-6)
+    elif mode == "P":  # the palette's colours, as PIL looks them up
+        np.testing.assert_allclose(out.pixels, np.asarray(im.convert("RGB"), np.float32) / 255, atol=1e-6)
+    else:  # CMYK JPEG back to RGB: the colours up to JPEG loss (measured mean 0.002)
+        assert np.abs(out.pixels - src).mean() < 0.01
     if note:
         assert any(note in n for n in out.notes)
 
@@ -128,7 +138,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
     save_json(target, {"a": np.float32(1.5), "p": Path("/x")})
-    assert target.read_text().strip().startswith("{") and list(tmp_path.iterdir()) == [target]
+    assert json.loads(target.read_text()) == {"a": 1.5, "p": "/x"} and list(tmp_path.iterdir()) == [target]
 
 
 def test_write_refuses_bad_shapes_and_formats(tmp_path):

@@ -49,11 +49,20 @@ def test_width_scales_parameters_quadratically(width, ratio):
 
 @pytest.mark.parametrize("h,w", [(1, 1), (17, 33), (40, 16), (31, 5)])
 def test_eval_output_matches_odd_input_sizes(h, w):
+    torch.manual_seed(0)
     model = BlurNet(BlurNetConfig(width=0.125)).eval()
+    x = torch.rand(2, 3, h, w)
     with torch.no_grad():
-        y = model(torch.rand(2, 3, h, w))
+        y = model(x)
+        alone = model(x[1:])
+        # the odd size is padded at the bottom and right and cropped back: the top-left of the
+        # padded input's map (reflect padding; replicate where the pad exceeds the side)
+        ph, pw = -h % 16, -w % 16
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        padded = model(torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode))
     assert isinstance(y, torch.Tensor) and y.shape == (2, 1, h, w)
-    assert float(y.min()) >= 0 and float(y.max()) <= 1
+    torch.testing.assert_close(y[1:], alone, atol=1e-5, rtol=0)  # eval: images do not mix
+    torch.testing.assert_close(y, padded[..., :h, :w], atol=1e-6, rtol=0)
 
 
 def test_training_mode_returns_aux_and_features():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from defocus_cli.models.d import D_CHANNELS, DomainDiscriminator
+from defocus_cli.models.d import DomainDiscriminator
 
 
 def test_output_is_one_logit_per_32x32_patch():
@@ -16,7 +16,7 @@ def test_output_is_one_logit_per_32x32_patch():
 def test_layers_follow_table_2():
     d = DomainDiscriminator(64)
     convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [*D_CHANNELS, 1]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]  # Table 2
     assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in d.modules()) == 4
     assert sum(isinstance(m, nn.ReLU) for m in d.modules()) == 4  # Table 2: ReLU by default

@@ -76,6 +76,9 @@ def test_module_prefix_from_ddp_is_stripped(tmp_path, tiny_weights):
     pt.with_suffix(".json").write_text(json.dumps(meta))
     model, _ = load_model(pt)
     assert model.config.width == 0.125
+    loaded = model.state_dict()
+    for k, v in state.items():  # every tensor landed under its unprefixed name
+        assert torch.equal(loaded[k].to(v.dtype), v), k
 
 
 def test_shipped_default_weights_load_from_the_package(monkeypatch):

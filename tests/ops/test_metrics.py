@@ -36,7 +36,7 @@ def test_sigma_errors_by_hand():
 def test_sigma_errors_ignore_nan_and_rtf_norm():
     gt = np.array([1.0, np.nan, 3.275, 2.0])
     pred = np.array([1.0, 100.0, 0.0, np.nan])
-    e = M.sigma_errors(pred, gt, sigma_norm=M.SIGMA_NORM_RTF)
+    e = M.sigma_errors(pred, gt, sigma_norm=3.275)  # the paper's RTF normalisation
     assert e["n"] == 2
     assert e["mae"] == pytest.approx(3.275 / 2 / 3.275)
     assert e["mse"] == pytest.approx(0.5)
@@ -85,11 +85,24 @@ def test_spearman_monotone_and_reversed(rng):
     assert math.isnan(M.spearman(a, np.ones_like(a)))  # constant: no order
 
 
-def test_spearman_agrees_with_scipy_when_available(rng):
-    stats = pytest.importorskip("scipy.stats")
-    a = np.round(rng.normal(size=500), 1)
+def test_spearman_agrees_with_scipy_with_ties_and_nans(rng):
+    """Oracle: scipy.stats.spearmanr (ties get average ranks in both). The module documents that
+    pixels not finite in either map are left out, so scipy gets the pairs finite in both.
+    Tolerance 1e-12: both are float64 Pearson correlations of the same ranks."""
+    from scipy.stats import spearmanr
+
+    a = np.round(rng.normal(size=500), 1)  # rounding makes many ties
     b = np.round(a + rng.normal(size=500), 1)
-    assert M.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert M.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    # 2-D maps with NaN and inf holes in either one
+    a2 = np.round(rng.uniform(0, 3, (20, 25)), 1)
+    b2 = np.round(a2 ** 2 + rng.normal(0, 1, a2.shape), 0)
+    a2[rng.random(a2.shape) < 0.1] = np.nan
+    b2[rng.random(b2.shape) < 0.1] = np.nan
+    b2[0, :3] = np.inf
+    ok = np.isfinite(a2) & np.isfinite(b2)
+    assert M.spearman(a2, b2) == pytest.approx(spearmanr(a2[ok], b2[ok]).statistic, abs=1e-12)
+    assert M.sigma_errors(a2, b2)["spearman"] == pytest.approx(spearmanr(a2[ok], b2[ok]).statistic, abs=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +215,43 @@ def test_ssim_falls_with_blur_and_noise(rng):
     assert M.ssim(img, cv2.GaussianBlur(img, (0, 0), 0.7)) > M.ssim(img, blurred)
 
 
+def test_psnr_agrees_with_skimage(rng):
+    """Oracle: skimage.metrics.peak_signal_noise_ratio at the same data_range (rel 1e-12: both
+    are 10 log10(range^2 / MSE) in float64)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    a = rng.random((30, 40, 3))
+    b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
+    assert M.psnr(b, a) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0), rel=1e-12)
+    assert M.psnr(255 * b, 255 * a, data_range=255.0) == pytest.approx(
+        peak_signal_noise_ratio(255 * a, 255 * b, data_range=255.0), rel=1e-12)
+
+
+def test_ssim_agrees_with_skimage(rng):
+    """Oracle: skimage.metrics.structural_similarity with Wang et al.'s settings (Gaussian window
+    sigma 1.5, 11 taps at skimage's truncate 3.5, population covariance, K1 0.01, K2 0.03), whose
+    mean runs over the same window positions (it crops half a window at each border).
+    Tolerance 1e-9: float64 both ways, only the filter's summation order differs."""
+    import cv2
+    from skimage.metrics import structural_similarity
+
+    def oracle(x, y, data_range=1.0, **kw):
+        return structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                     data_range=data_range, **kw)
+
+    img = cv2.GaussianBlur(rng.random((48, 56, 3)).astype(np.float32), (0, 0), 1.0).astype(np.float64)
+    for other in (cv2.GaussianBlur(img, (0, 0), 2.0), np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1)):
+        g, h = img[..., 1], other[..., 1]
+        assert M.ssim(g, h) == pytest.approx(oracle(g, h), abs=1e-9)
+        assert M.ssim(255 * g, 255 * h, data_range=255.0) == pytest.approx(oracle(255 * g, 255 * h, 255.0),
+                                                                            abs=1e-9)
+        # rgb: the mean of the per-channel SSIMs, as skimage's channel_axis
+        assert M.ssim(img, other, mode="rgb") == pytest.approx(oracle(img, other, channel_axis=2), abs=1e-9)
+        # luminance: SSIM of the BT.601 luma, computed here
+        luma = np.array([0.299, 0.587, 0.114])
+        assert M.ssim(img, other) == pytest.approx(oracle(img @ luma, other @ luma), abs=1e-9)
+
+
 def test_ssim_ignores_windows_touching_nan(rng):
     img = rng.random((40, 40))
     other = img.copy()
@@ -239,6 +289,6 @@ def test_radius_table_must_increase():
 def test_real_rtf_table_when_present(shared_data):
     data = np.loadtxt(shared_data / "tables" / "rtf_sigma_to_disk_radius.csv", delimiter=",", skiprows=1)
     s, r = data[:, 0], data[:, 1]
-    assert M.sigma_to_disk_radius(M.SIGMA_NORM_RTF, s, r) == pytest.approx(6.0)
+    assert M.sigma_to_disk_radius(3.275, s, r) == pytest.approx(6.0)  # the table's last row
     assert M.disk_radius_to_sigma(2.0, s, r) == pytest.approx(1.125)
 

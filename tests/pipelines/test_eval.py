@@ -60,9 +60,15 @@ def test_perfect_estimator_scores_perfectly(tmp_path):
     # Park's tau on a 0..4 ramp = 1.2 px, the mask threshold is 1.0: the columns in between
     # are misclassified; the ranking itself is perfect
     assert r.mean["ap"] == pytest.approx(1.0)
-    assert 0.9 < r.mean["accuracy"] < 1.0
+    # by hand: column k holds 4k/31 px; labelled 24 x 32 - 9 (NaN corner) = 759 pixels, blurred
+    # (>= 1 px) columns 8..31 = 576 pixels; tau 1.2 calls columns 8 and 9 (48 pixels) sharp
+    assert r.mean["accuracy"] == pytest.approx((759 - 48) / 759)
     assert r.images[0]["n"] == 24 * 32 - 9  # the NaN corner is left out
-    assert r.pr_curve is not None and len(r.pr_curve["precision"]) == 101
+    assert len(r.pr_curve["precision"]) == 101
+    # tau = v_min calls everything blurred (precision = blurred share, recall 1); tau = v_max
+    # only the most blurred column (precision 1)
+    assert r.pr_curve["precision"][0] == pytest.approx(576 / 759)
+    assert r.pr_curve["recall"][0] == 1.0 and r.pr_curve["precision"][-1] == 1.0
 
 
 def test_constant_and_reversed_estimators(tmp_path):
@@ -96,6 +102,21 @@ def test_deblur_pairs_are_measured_in_the_valid_box(tmp_path):
     row = r.images[0]
     assert row["psnr_gain"] > 20 and row["psnr_deblurred"] > 40
     assert row["ssim_deblurred"] > row["ssim_input"]
+    # oracle for the input's figures: skimage on the valid box [2, h - 2) x [2, w - 2), SSIM of
+    # the BT.601 luma with Wang et al.'s settings (1e-9: the same float32 pixels, float64 sums)
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from defocus_cli.io.images import read_image
+
+    def read(sub):  # the pixels the evaluation reads
+        return read_image(root / sub / "s0.png").pixels[2:-2, 2:-2].astype(np.float64)
+
+    photo, sharp = read("image"), read("sharp")
+    luma = np.array([0.299, 0.587, 0.114])
+    assert row["psnr_input"] == pytest.approx(peak_signal_noise_ratio(sharp, photo, data_range=1.0), abs=1e-9)
+    assert row["ssim_input"] == pytest.approx(
+        structural_similarity(sharp @ luma, photo @ luma, gaussian_weights=True, sigma=1.5,
+                              use_sample_covariance=False, data_range=1.0), abs=1e-9)
     assert r.mean["psnr_gain"] == pytest.approx(np.mean([x["psnr_gain"] for x in r.images]))
     no = evaluate_dataset(root, est)  # without a deblur function no deblur figures
     assert "psnr_gain" not in no.images[0]

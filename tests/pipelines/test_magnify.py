@@ -48,7 +48,6 @@ def test_in_focus_region_is_unchanged():
     # far from the boundary the in-focus half is bit for bit the input
     keep = slice(0, 80 - 50)
     assert np.array_equal(out[:, keep], rgb[:, keep])
-    assert _sharpness(out[:, keep]) == pytest.approx(_sharpness(rgb[:, keep]))
     assert _sharpness(out[:, 100:]) < 0.2 * _sharpness(rgb[:, 100:])
 
 
@@ -64,8 +63,13 @@ def test_uniform_map_adds_the_right_gaussian():
     # a photo blurred by sigma everywhere, magnified M times, is blurred by sqrt(M^2 - 1) sigma more
     rgb = _photo(seed=3)
     sigma = np.full(rgb.shape[:2], 1.2, np.float32)
+    from scipy import ndimage
+
     out = magnify_defocus(rgb, sigma, MagnifyConfig(scale=3.0, in_focus=0.0)).image
-    expected = cv2.GaussianBlur(rgb, (0, 0), float(np.sqrt(8.0) * 1.2))
+    # oracle: scipy's Gaussian (mirrored borders, the renderer's); 1.5 / 255 leaves room for the
+    # renderer's pyramid, documented within 1 / 255 of a plain Gaussian blur
+    s = float(np.sqrt(8.0) * 1.2)
+    expected = ndimage.gaussian_filter(rgb.astype(np.float64), (s, s, 0), mode="mirror", truncate=4.0)
     assert np.abs(out - expected).max() < 1.5 / 255
 
 

@@ -110,9 +110,16 @@ def test_real_scene_with_shifted_pair(dfd):
     assert r["image"].shape == (432, 645, 3) and r["sigma"].shape == (432, 645)
     assert e["sharp_shift"][0] == pytest.approx(-12.5, abs=0.3)  # the documented 12.5 px shift
     assert 0.6 < e["label"]["valid_fraction"] < 0.95
-    s = r["sigma"][np.isfinite(r["sigma"])]
-    assert 0 <= s.min() and s.max() < 8
+    ok = np.isfinite(r["sigma"])
+    assert r["sigma"][ok].max() < 8  # an office at 0.6-12 m stays below c_max / 4 = 7 px (+ slack)
+    # the label is the thin lens on the raw depth, by hand: c = alpha |z - S1| / z, sigma = c / 4,
+    # alpha = F^2 / (N (S1 - F)) / pitch for the documented 35 mm f/2.8 at 1.7 m, 36 um pixels
+    z = read_png16(dfd / "depth" / "indoor_005.png").astype(np.float64)
+    alpha = 35.0 ** 2 / (2.8 * (1700 - 35)) / 0.036
+    np.testing.assert_allclose(r["sigma"][ok], alpha * np.abs(z[ok] - 1700) / z[ok] / 4, rtol=1e-6)
     assert np.all((r["mask"] == 128) == np.isnan(r["sigma"]))
+    # blurred from sigma 1 px (CoC 4 px, the documented threshold), sharp below
+    assert np.all((r["mask"] == 255) == (ok & (np.nan_to_num(r["sigma"]) >= 1.0)))
 
 
 def test_real_depth_is_millimetres(dfd):
@@ -140,6 +147,10 @@ def test_prepare_writes_the_dataset_layout(dfd, tmp_path):
         mask = cv2.imread(str(out / "mask" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert sigma.dtype == np.float32 and mask.dtype == np.uint8 and mask.shape == sigma.shape
         assert set(np.unique(mask)) <= {0, 128, 255}
+        # the files hold the scene's label and mask as prepare_scene makes them
+        scene = R.prepare_scene(src, name, CFG)
+        np.testing.assert_array_equal(sigma, scene["sigma"])
+        np.testing.assert_array_equal(mask, scene["mask"])
         assert (out / "sharp" / f"{name}.png").is_file()
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["splits"]["counts"] == report.split_counts

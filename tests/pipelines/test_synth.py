@@ -74,6 +74,10 @@ def test_layout_labels_and_camera(tmp_path):
         # the paper's camera: S1 in [x_near, x_far], 0 <= alpha <= alpha_up, CoC <= c_max
         assert r["x_near"] <= r["S1"] <= r["x_far"]
         assert 0 <= r["alpha"] <= r["alpha_up"]
+        # Eq. 2 by hand: the largest alpha keeping both ends of the depth range within c_max
+        bound = min(r["x_far"] / abs(r["x_far"] - r["S1"]) if r["x_far"] != r["S1"] else np.inf,
+                    r["x_near"] / abs(r["x_near"] - r["S1"]) if r["x_near"] != r["S1"] else np.inf)
+        assert r["alpha_up"] == pytest.approx(r["c_max"] * bound, rel=1e-9)
         assert np.nanmax(sigma) <= r["c_max"] / 4 + 1e-4
         assert r["split"] in ("train", "val", "test")
         with np.errstate(invalid="ignore"):
