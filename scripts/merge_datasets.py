@@ -15,15 +15,16 @@ import json
 import os
 from pathlib import Path
 
+from defocus_cli.io.datasets import read_manifest, write_manifest
+
 
 def merge(inputs: list[tuple[Path, int]], out: Path) -> dict[str, int]:
     for sub in ("image", "sigma", "mask"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
+    merged: list[dict] = []
     counts: dict[str, int] = {}
     for root, repeat in inputs:
-        entries = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines() if line.strip()]
-        for e in entries:
+        for e in read_manifest(root):
             name = f"{root.name}--{e['name']}"
             for sub, ext in (("image", ".png"), ("sigma", ".npy"), ("mask", ".png")):
                 src = root / sub / f"{e['name']}{ext}"
@@ -31,10 +32,10 @@ def merge(inputs: list[tuple[Path, int]], out: Path) -> dict[str, int]:
                 if src.exists() and not link.is_symlink():
                     link.symlink_to(os.path.relpath(src.resolve(), link.parent.resolve()))
             rec = dict(e, name=name, merged_from=str(root))
-            lines += [json.dumps(rec, sort_keys=True)] * (repeat if e["split"] == "train" else 1)
+            merged += [rec] * (repeat if e["split"] == "train" else 1)
             counts[f"{root.name}:{e['split']}"] = counts.get(f"{root.name}:{e['split']}", 0) + (
                 repeat if e["split"] == "train" else 1)
-    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    write_manifest(out, merged)
     (out / "dataset.json").write_text(json.dumps(
         {"generator": "scripts/merge_datasets.py", "inputs": [f"{r}:{k}" for r, k in inputs],
          "manifest_entries": counts}, indent=2) + "\n")

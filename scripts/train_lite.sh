@@ -10,9 +10,9 @@
 # 3. both merged: stage 1 with the real train photos repeated 8x, stage 2 with them 12x;
 # 4. network B alone (no ImageNet VGG19 here: random encoder, L_C dropped), width 0.25, 128 px
 #    crops, 2 gloo DDP processes of batch 4 on the CPU, Adam 2e-4:
-#    stage 1 (session 1): BatchNorm with batch statistics (the paper's), STEPS1 steps;
-#    stage 2 (session 2): from stage 1's weights, BatchNorm statistics re-estimated on full
-#    images and frozen (--bn frozen), x0.8 every 8 epochs, STEPS2 steps;
+#    stage 1: BatchNorm with batch statistics (the paper's), STEPS1 steps;
+#    stage 2: from stage 1's weights, BatchNorm statistics re-estimated on full images and
+#    frozen (--bn frozen), x0.8 every 8 epochs, STEPS2 steps;
 # 5. export to weights/dmenet-lite.pt and evaluation on both held-out test splits.
 # The shipped weights took the stages as weights/README.md lists them (stage 2 began with a
 # 300-step single-process A/B run, batch 8; the stages here merge it into stage 2).

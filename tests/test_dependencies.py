@@ -102,3 +102,10 @@ def test_opencv_build_is_used_where_declared(project):
     contrib = any(_canonical(r).startswith("opencv-contrib") for r in project["dependencies"])
     uses_ximgproc = any("ximgproc" in f.read_text() for f in (REPO / "defocus_cli").rglob("*.py"))
     assert contrib == uses_ximgproc
+
+
+def test_every_subpackage_is_installed():
+    """pyproject lists packages explicitly: a new subpackage left out works editable and breaks `pip install .`."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "defocus_cli").rglob("__init__.py")}
+    assert found - listed == set(), f"not in [tool.setuptools] packages: {sorted(found - listed)}"

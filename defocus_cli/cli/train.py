@@ -2,6 +2,9 @@
 
 `defocus train --data DATASET [...] -o RUN_DIR` trains (the group's default action);
 `defocus train export RUN_DIR -o weights/NAME.pt` writes the shipped fp16 weights.
+Multi-process runs follow torchrun's conventions (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT; see pipelines.train.launcher): `torchrun ... -m defocus_cli train ...` runs on several
+machines, and --gpus / --cpu-procs start local processes with the same variables.
 torch and the pipeline are imported inside the command bodies so `--help` stays fast.
 """
 
@@ -23,11 +26,19 @@ HELP = """Train network B of DMENet (+ D, C, S of the paper) on a synthetic data
   continue:  defocus train --resume RUN_DIR --steps N
   ship:      defocus train export RUN_DIR -o weights/NAME.pt
 
---data is a `defocus synth` folder (image/, sigma/, manifest.jsonl with train/val splits). --real is a folder of real defocused photos without labels (the paper's D_R). --real-masks is a dataset folder with image/ + mask/ (255 = blurred), or a folder of masks named like the --real photos (D_B). Without them D and S are off, and the run says so.
+--data is a `defocus synth` folder (image/, sigma/, manifest.jsonl with train/val splits). --real is a folder of real defocused photos without labels (the paper's D_R). --real-masks is a dataset folder with image/ + mask/ (255 = blurred, 0 = sharp, other values unknown), or a folder of masks named like the --real photos (D_B). Without them D and S are off, and the run says so.
 
 Without --vgg-weights (torchvision's vgg19 state dict) the encoder starts random (Kaiming) and L_C is dropped; the exported weights' metadata records it.
 
---gpus N runs N DDP processes (NCCL), one per GPU; --gpus 0 trains on the CPU, with --cpu-procs N gloo DDP processes. Inside a torchrun job each process joins from the environment.
+--precision auto is bf16 on CUDA devices that have it (else fp32) and on CPUs with AMX; fp32 on other CPUs, where bf16 is emulated and slow.
+
+Processes (DistributedDataParallel; NCCL on CUDA, gloo on the CPU): --gpus N starts N local processes, one per GPU; --gpus 0 trains on the CPU, in --cpu-procs N processes. Each process reads its place from RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, the variables torchrun sets; --gpus and --cpu-procs set them for the processes they start. On several machines, run torchrun on each (the data at the same path everywhere):
+
+\b
+  torchrun --nnodes N --nproc-per-node M --rdzv-backend c10d --rdzv-endpoint HOST:PORT \\
+      -m defocus_cli train --data DATASET -o RUN_DIR OPTIONS...
+
+Under torchrun, --gpus only chooses CUDA (device LOCAL_RANK; the default when CUDA is present) or the CPU (--gpus 0); rank 0 writes RUN_DIR.
 """
 
 app = typer.Typer(help=HELP, add_completion=False, rich_markup_mode=None)
@@ -59,14 +70,21 @@ class ProgressReporter:
         self.__init__()
 
     def __call__(self, event) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         out = Console(stderr=True)
         if event.kind == "start":
             for note in event.notes:
                 out.print(f"[yellow]note:[/] {note}")
             m = event.metrics
-            out.print(f"training {m['nets']} on {m['world']} process(es), {m['steps_per_epoch']} steps/epoch")
+            out.print(f"training {m['nets']} on {m['world']} process(es) in {m['precision']}, "
+                      f"{m['steps_per_epoch']} steps/epoch")
             self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                                       console=out)
@@ -104,20 +122,20 @@ def train(
     real_exclude: Optional[Path] = typer.Option(None, "--real-exclude", help="names to hold out of D_R/D_B: a text list, or a manifest.jsonl (non-train entries held out)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run folder (checkpoints, metrics.jsonl)"),
     nets: str = typer.Option("BDCS", "--nets", help="sub-networks: B, BD, BDC, BDCS (the paper's ablations)"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="CUDA processes (DDP); 0 = CPU [default: 1 if CUDA else 0]"),
-    cpu_procs: int = typer.Option(1, "--cpu-procs", help="with --gpus 0: gloo DDP processes"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="local CUDA processes (DDP, one per GPU); 0 = CPU; under torchrun: CUDA if > 0 [default: 1 if CUDA else 0]"),
+    cpu_procs: int = typer.Option(1, "--cpu-procs", help="with --gpus 0: local gloo DDP processes (not under torchrun)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process [default: cores / processes]; 1 is far steadier on a busy machine"),
     epochs: int = typer.Option(60, "--epochs", help="passes over the synthetic train split"),
     steps: Optional[int] = typer.Option(None, "--steps", help="total optimiser steps (overrides --epochs)"),
     batch: int = typer.Option(4, "--batch", help="images per process and step"),
     crop: int = typer.Option(240, "--crop", help="training crop side, multiple of 16"),
     width: float = typer.Option(1.0, "--width", help="B's channel multiplier (lighter: 0.5, 0.25)"),
-    precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16"),
+    precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16 (autocast of forward passes; auto: bf16 on CUDA with bf16 and on AMX CPUs, else fp32)"),
     channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format"),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (x0.8 every 20 epochs)"),
     pretrain_steps: int = typer.Option(0, "--pretrain-steps", help="first steps train B alone (B-only pre-training stage)"),
     ckpt_every: int = typer.Option(500, "--ckpt-every", help="steps between checkpoints"),
-    log_every: int = typer.Option(10, "--log-every", help="steps between metrics.jsonl records"),
+    log_every: int = typer.Option(10, "--log-every", help="steps between metrics.jsonl records (losses are read back from the device only then)"),
     val_max: int = typer.Option(16, "--val-max", help="images per validation (val split)"),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="steps between validations [default: each epoch]"),
     decay_every: int = typer.Option(20, "--decay-every", help="epochs between x0.8 learning-rate decays (the paper: 20 epochs of SYNDOF's ~8k images; scale it for a much smaller dataset)"),

@@ -23,41 +23,21 @@ from defocus_cli.io.images import atomic_write, read_raw
 MANIFEST = "manifest.jsonl"
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file (blank lines skipped). InputError names the line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not JSON ({exc})") from None
-        if not isinstance(entry, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(entry).__name__}")
-        out.append(entry)
-    return out
+def read_jsonl(path: str | Path, log: bool = False) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (blank lines skipped). InputError names the line.
 
-
-def read_jsonl_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of an append-only JSON-lines log (a training run's metrics.jsonl).
-
-    Like read_jsonl, except that a last line without its newline is not a record but a write
-    cut short when the writer was killed, and is skipped.
+    log: the file is an append-only log (a training run's metrics.jsonl) whose writer may have
+    been killed mid-line: a last line without its newline is such a cut-short write, not a
+    record, and is skipped.
     """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    lines = text.split("\n")[:-1] if log else text.splitlines()
     out = []
-    # the piece after the last newline is "" in a whole log, or the cut-short line
-    for lineno, line in enumerate(text.split("\n")[:-1], 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:

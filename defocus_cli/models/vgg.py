@@ -15,13 +15,13 @@ pipeline drops L_C when no weights are given and records that.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from defocus_cli.errors import WeightsError
+from defocus_cli.io.torchfiles import load_torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,12 +35,10 @@ def load_vgg19_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises WeightsError naming the file when it is missing, unreadable or not a VGG19 state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: VGG19 weights file not found (pass torchvision's vgg19 .pth)")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise WeightsError(f"{path}: cannot read VGG19 weights ({exc}); expected torchvision's vgg19 state dict") from exc
+        sd = load_torch_file(path, "VGG19 weights")
+    except WeightsError as exc:
+        raise WeightsError(f"{exc}; pass torchvision's vgg19 state dict (vgg19-dcbb9e9d.pth)") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or "features.0.weight" not in sd or "features.34.weight" not in sd:
@@ -78,7 +76,7 @@ class ContentNet(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "ContentNet":
+    def train(self, mode: bool = True) -> ContentNet:
         # C is fixed (paper Sec. 4.1): it stays in eval mode whatever its parent does
         return super().train(False)
 

@@ -4,14 +4,15 @@
 
       DATASET/image/NAME.png     8-bit RGB defocused image
       DATASET/sigma/NAME.npy     float32 (H, W) Gaussian sigma in px; NaN = no label
-      DATASET/mask/NAME.png      255 = blurred, 0 = sharp (not used for D_S)
+      DATASET/mask/NAME.png      blur mask (io.datasets; not used for D_S)
       DATASET/manifest.jsonl     {"name": ..., "split": "train"|"val"|"test"} per sample
       DATASET/dataset.json       free-form description, copied into the run's metadata
 
 - D_R, real without labels: any folder of photos, or a dataset folder (its ``train`` split).
   Scenes an evaluation uses must be held out: ``exclude`` names them.
 - D_B, real with binary blur masks: a dataset folder with image/ + mask/ (+ manifest.jsonl), or a
-  folder of masks named like the D_R photos.
+  folder of masks named like the D_R photos. Mask values follow ops.masks: 255 blurred, 0 sharp,
+  any other value unknown (NaN in the labels, left out of L_S).
 
 Every mini-batch is a pure function of (seed, step, rank): the synthetic set is walked epoch by
 epoch in a seeded permutation, the real sets are drawn per step, and augmentation (random crop,
@@ -31,9 +32,17 @@ import numpy as np
 import torch
 
 from defocus_cli.errors import InputError
-from defocus_cli.io.images import read_image, load_map, save_npy, write_image
+from defocus_cli.io.datasets import (
+    has_manifest,
+    read_jsonl,
+    read_manifest,
+    read_mask,
+    write_manifest,
+    write_mask,
+)
+from defocus_cli.io.images import IMAGE_SUFFIXES, load_map, read_image, save_npy, write_image
+from defocus_cli.ops.masks import blur_mask, mask_labels
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 # stream ids that keep the augmentation generators of the three sets independent
 _SYNTH, _REAL, _MASKED = 0, 1, 2
 
@@ -43,32 +52,20 @@ def _read_rgb(path: Path) -> np.ndarray:
     return read_image(path).pixels
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """(H, W) float32: 1 = blurred, 0 = sharp, NaN = unknown.
-
-    Mask PNGs hold 255 (blurred) and 0 (sharp); datasets mark pixels without a label with a
-    middle value (dfd-real writes 128), which the losses must ignore, not read as "blurred".
-    """
-    v = read_image(path).pixels[..., 0]
-    out = np.full(v.shape, np.nan, np.float32)
-    out[v >= 0.75] = 1.0
-    out[v <= 0.25] = 0.0
-    return out
-
-
 def write_toy_dataset(root: str | Path, *, n_train: int = 8, n_val: int = 2, size: int = 64,
                       seed: int = 0) -> Path:
     """Write a tiny labelled dataset in the synth format (for smoke tests and benchmarks).
 
     Each sample is a random texture blurred with a Gaussian of one sigma (left half) and another
     (right half), drawn in [0, 5] px; the sigma map holds them, with NaN in a 4-px border column
-    at the seam where the blur mixes both. Returns ROOT.
+    at the seam where the blur mixes both; the mask is blurred where sigma >= 1 px, unknown at
+    the seam. Returns ROOT.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
     for sub in ("image", "sigma", "mask"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    lines = []
+    entries = []
     for i in range(n_train + n_val):
         name = f"toy_{i:04d}"
         tex = cv2.resize(rng.random((size // 4, size // 4, 3), dtype=np.float32), (size, size),
@@ -83,35 +80,15 @@ def write_toy_dataset(root: str | Path, *, n_train: int = 8, n_val: int = 2, siz
         sigma[:, half - 2:half + 2] = np.nan
         write_image(root / "image" / f"{name}.png", out)
         save_npy(root / "sigma" / f"{name}.npy", sigma)
-        mask = np.where(sigma > 1.0, 1.0, 0.0).astype(np.float32)
-        write_image(root / "mask" / f"{name}.png", np.repeat(mask[..., None], 3, axis=2))
-        lines.append(json.dumps({"name": name, "split": "train" if i < n_train else "val"}))
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+        write_mask(root / "mask" / f"{name}.png", blur_mask(sigma, 1.0))
+        entries.append({"name": name, "split": "train" if i < n_train else "val"})
+    write_manifest(root, entries)
     (root / "dataset.json").write_text(json.dumps({"kind": "toy", "seed": seed, "size": size}))
     return root
 
 
-def read_manifest(root: Path) -> list[dict]:
-    """The entries of ROOT/manifest.jsonl (each with "name" and "split")."""
-    path = root / "manifest.jsonl"
-    if not path.is_file():
-        raise InputError(f"{path}: missing; a dataset folder needs manifest.jsonl (one JSON per sample)")
-    entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not JSON ({exc})") from exc
-        if "name" not in entry or "split" not in entry:
-            raise InputError(f"{path}:{lineno}: each line needs 'name' and 'split'")
-        entries.append(entry)
-    return entries
-
-
 def is_dataset_folder(root: Path) -> bool:
-    return (root / "image").is_dir() and (root / "manifest.jsonl").is_file()
+    return (root / "image").is_dir() and has_manifest(root)
 
 
 @dataclass(frozen=True)
@@ -122,7 +99,7 @@ class SynthSet:
     names: tuple[str, ...]
 
     @classmethod
-    def open(cls, root: str | Path, split: str) -> "SynthSet":
+    def open(cls, root: str | Path, split: str) -> SynthSet:
         root = Path(root)
         if not root.is_dir():
             raise InputError(f"{root}: synthetic dataset folder not found (make one with `defocus synth`)")
@@ -174,7 +151,9 @@ def read_exclusions(path: str | Path | None) -> set[str]:
         raise InputError(f"{path}: exclusion list not found")
     if path.suffix == ".jsonl":
         names = set()
-        for e in read_manifest_file(path):
+        for lineno, e in enumerate(read_jsonl(path), 1):
+            if "name" not in e or "split" not in e:
+                raise InputError(f"{path}: entry {lineno} lacks 'name' or 'split' (a manifest entry needs both)")
             if e["split"] != "train":
                 names.add(e["name"])
                 if e.get("scene"):
@@ -186,21 +165,6 @@ def read_exclusions(path: str | Path | None) -> set[str]:
         if line:
             names.add(Path(line).stem)
     return names
-
-
-def read_manifest_file(path: Path) -> list[dict]:
-    return read_manifest(path.parent) if path.name == "manifest.jsonl" else _read_jsonl(path)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not JSON ({exc})") from exc
-    return out
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -229,7 +193,7 @@ def masked_photos(masks: str | Path, photos: list[Path] | None, exclude: set[str
         raise InputError(f"{root}: mask folder not found")
     if (root / "mask").is_dir() and (root / "image").is_dir():
         names = None
-        if (root / "manifest.jsonl").is_file():
+        if has_manifest(root):
             names = {e["name"] for e in read_manifest(root) if e["split"] == "train"}
         mask_by_stem = {p.stem: p for p in _images_in(root / "mask")}
         pairs = [(p, mask_by_stem[p.stem]) for p in _images_in(root / "image")
@@ -356,7 +320,7 @@ class StepBatches(torch.utils.data.Dataset):
             imgs, masks = [], []
             for i in self._draw(len(self.masked), step, _MASKED):
                 photo, mask_path = self.masked[int(i)]
-                rgb, mask = _read_rgb(photo), _read_mask(mask_path)
+                rgb, mask = _read_rgb(photo), mask_labels(read_mask(mask_path), np.float32)
                 if mask.shape != rgb.shape[:2]:
                     raise InputError(f"{mask_path}: mask size {mask.shape} differs from {photo}'s {rgb.shape[:2]}")
                 rgb, mask = augment([rgb, mask], p.crop, rng, [0.0, np.nan])

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from defocus_cli.cli.train import app
+from defocus_cli.io.datasets import read_jsonl
 from defocus_cli.pipelines.train_data import write_toy_dataset
 
 runner = CliRunner()
@@ -36,6 +40,7 @@ def test_train_then_export(toy, tmp_path):
     res = runner.invoke(app, ["--data", str(toy), "-o", str(run), "--steps", "2", "--ckpt-every", "1", *TINY])
     assert res.exit_code == 0, res.output
     assert "randomly" in res.output and "done: 2 steps" in res.output
+    assert re.search(r"on 1 process\(es\) in (fp32|bf16)", res.output)
     assert (run / "checkpoint.pt").is_file() and (run / "metrics.jsonl").is_file()
     out = tmp_path / "weights" / "toy.pt"
     res = runner.invoke(app, ["export", str(run), "-o", str(out)])
@@ -67,15 +72,39 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(toy, tmp_path):
     cmd = [sys.executable, "-c", "from defocus_cli.cli.train import app; app()",
            "--data", str(toy), "-o", str(run), "--steps", "200", "--ckpt-every", "2", *TINY]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert (run / "checkpoint.pt").exists()
+
+    def trained_past_a_checkpoint() -> bool:  # a metrics record (every 10 steps) and a checkpoint
+        metrics = run / "metrics.jsonl"
+        return (run / "checkpoint.pt").exists() and metrics.exists() and bool(read_jsonl(metrics, log=True))
+
+    try:
+        deadline = time.monotonic() + 120
+        while not trained_past_a_checkpoint():
+            assert proc.poll() is None, "the training process ended before it was killed"
+            assert time.monotonic() < deadline, "no checkpoint and metrics record within 120 s"
+            time.sleep(0.1)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     res = runner.invoke(app, ["--resume", str(run), "--steps", "60", "--gpus", "0", "--threads", "1"])
     assert res.exit_code == 0, res.output
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
-             if "kind" not in json.loads(l)]
-    assert steps == sorted(set(steps)) and steps[-1] == 60
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl", log=True) if "kind" not in r]
+    assert steps == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_command_as_two_ranks(toy, tmp_path):
+    """`torchrun -m defocus_cli train`: each process joins from torchrun's environment."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).is_file():
+        pytest.skip("torchrun not found")
+    run = tmp_path / "run"
+    cmd = [torchrun, "--standalone", "--nnodes", "1", "--nproc-per-node", "2", "-m", "defocus_cli", "train",
+           "--data", str(toy), "-o", str(run), "--steps", "2", "--log-every", "1", *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    replicas = json.loads((run / "replicas.json").read_text())
+    assert replicas["world"] == 2 and replicas["identical"]
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl", log=True) if "kind" not in r] == [1, 2]

@@ -44,3 +44,14 @@ def test_mask_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=r"not an image \(expected a blur mask\)"):
         read_mask(tmp_path / "bad.png")
+
+
+def test_a_log_skips_a_cut_short_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    assert [r["step"] for r in read_jsonl(path, log=True)] == [1, 2]
+    with pytest.raises(InputError, match=":3: not JSON"):
+        read_jsonl(path)  # not a log: every line counts
+    path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(InputError, match=":2: not JSON"):
+        read_jsonl(path, log=True)  # damage in the middle is not a cut-short write

@@ -58,8 +58,15 @@ def test_file_loading_errors(tmp_path):
         load_vgg19_state_dict(tmp_path / "none.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(WeightsError, match="cannot read"):
+    with pytest.raises(WeightsError, match="(?s)cannot read VGG19 weights.*pass torchvision.s vgg19 state dict"):
         load_vgg19_state_dict(bad)
+    # loading is weights-only: a pickle that would build an arbitrary object is refused
+    import datetime
+
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({**fake_vgg19_state_dict(), "made": datetime.date(2020, 1, 1)}, unsafe)
+    with pytest.raises(WeightsError, match="unsafe.pth: cannot read VGG19 weights"):
+        load_vgg19_state_dict(unsafe)
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv.weight": torch.zeros(1)}, wrong)
     with pytest.raises(WeightsError, match="not a torchvision vgg19"):

@@ -1,12 +1,17 @@
-"""The full DMENet objective (B + D + C + S): losses, alternating updates, data fallbacks, DDP."""
+"""The full DMENet objective (B + D + C + S): losses, alternating updates, data fallbacks, DDP,
+precision, and a step that never waits for the device."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import defocus_cli
+from defocus_cli import device as dev
+from defocus_cli.errors import InputError
 from defocus_cli.pipelines.train import (
     Dist,
     TrainConfig,
@@ -14,6 +19,8 @@ from defocus_cli.pipelines.train import (
     launch,
     load_checkpoint,
     prepare,
+    train,
+    training_dtype,
 )
 from defocus_cli.pipelines.train_data import BatchPlan, StepBatches, write_toy_dataset
 
@@ -77,7 +84,7 @@ def test_every_loss_is_finite_with_the_right_sign(toy):
     assert prep.active == "BDCS" and not any("off" in n for n in prep.notes)
     batch = batches[0]
     assert batch["synth"].shape == (2, 3, 32, 32) and batch["mask"].shape == (2, 1, 32, 32)
-    terms = trainer.step(batch, 0)
+    terms = {k: float(v) for k, v in trainer.step(batch, 0).items()}
     for key in ("L_B", "L_C", "L_S", "L_adv_R", "L_adv_B", "L_g", "L_D_synth", "L_D_real", "L_D_masked", "L_d"):
         assert key in terms, key
         assert terms[key] == pytest.approx(terms[key]) and terms[key] >= 0, (key, terms[key])
@@ -98,12 +105,12 @@ def test_d_and_g_change_only_in_their_own_steps(toy):
     _, trainer, batches = make_trainer(config(toy))
     batch = trainer._to_device(batches[0])
     b0, s0, d0 = snapshot(trainer.b), snapshot(trainer.s), snapshot(trainer.d)
-    _, feats = trainer.g_step(batch, 0)
+    _, feats = trainer.g_step(batch)
     assert changed(b0, trainer.b) and changed(s0, trainer.s)
     assert not changed(d0, trainer.d)  # not even D's BN running statistics
     assert all(p.grad is None for p in trainer.d.parameters())
     b1, s1, d1 = snapshot(trainer.b), snapshot(trainer.s), snapshot(trainer.d)
-    trainer.d_step(feats, 0)
+    trainer.d_step(feats)
     assert changed(d1, trainer.d)
     assert not changed(b1, trainer.b) and not changed(s1, trainer.s)
 
@@ -111,7 +118,7 @@ def test_d_and_g_change_only_in_their_own_steps(toy):
 def test_a_few_steps_lower_l_b(toy):
     _, trainer, batches = make_trainer(config(toy, nets="B", lr=1e-3))
     batch = trainer._to_device(batches[0])
-    losses = [trainer.g_step(batch, i)[0]["L_B"] for i in range(12)]
+    losses = [float(trainer.g_step(batch)[0]["L_B"]) for _ in range(12)]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -185,3 +192,70 @@ def test_a_synth_manifest_holds_its_non_train_scenes_out_of_d_r(tmp_path):
     excluded = read_exclusions(manifest)
     assert {"indoor_002", "proc-7"} <= excluded and "indoor_001" not in excluded
     assert [p.stem for p in real_photos(photos, excluded)] == ["indoor_001", "indoor_003"]
+
+
+def test_training_precision_follows_device_py(toy, monkeypatch):
+    """auto: fp32 on a CPU without AMX, bf16 with it (and the forward passes then run in bf16);
+    on CUDA bf16 where supported, else fp32 rather than device.py's fp16 (no loss scaling)."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: False)
+    assert training_dtype("auto", cpu) is None
+    assert Trainer(config(toy, nets="B"), "B", 10, cpu, Dist()).dtype is None
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
+    assert training_dtype("auto", cpu) is torch.bfloat16
+    assert training_dtype("fp32", cpu) is None and training_dtype("bf16", cpu) is torch.bfloat16
+    _, trainer, batches = make_trainer(config(toy, nets="B"))
+    assert trainer.dtype is torch.bfloat16
+    seen = []
+    trainer.b.head.register_forward_hook(lambda m, inp, out: seen.append(out.dtype))
+    trainer.step(batches[0], 0)
+    assert seen == [torch.bfloat16]
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training_dtype("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert dev.resolve_precision("auto", cuda) is torch.float16
+    assert training_dtype("auto", cuda) is None
+    with pytest.raises(InputError, match="--precision"):
+        config(toy, precision="fp16")
+
+
+#: Tensor methods that read a value back to the host (on a GPU: wait for every queued kernel)
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__format__")
+PACKAGE = str(Path(defocus_cli.__file__).parent)
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """The project's own reads of tensor values to the host, as (method, file, line).
+
+    Only calls made from defocus_cli's code count: torch's Adam reads its step counter, a CPU
+    tensor, with .item(), which waits for no device.
+    """
+    import sys
+
+    calls = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            frame = sys._getframe(1)
+            if frame.f_code.co_filename.startswith(PACKAGE):
+                calls.append((_name, Path(frame.f_code.co_filename).name, frame.f_lineno))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_steps_between_log_records_never_read_the_device(toy, tmp_path, host_reads):
+    # every network and both stages (B-only pre-training, then the full objective)
+    quiet = config(toy, pretrain_steps=1, steps=50, log_every=50, ckpt_every=50, val_every=50)
+    train(quiet, tmp_path / "quiet", device=CPU, stop_after=5)
+    assert host_reads == []
+    # a record every 2 of 6 steps: one read per record, nothing else (no validation here)
+    loud = config(toy, nets="B", steps=6, log_every=2, ckpt_every=100, val_max=0)
+    train(loud, tmp_path / "loud", device=CPU)
+    assert len(host_reads) == 3, host_reads
+    records = [json.loads(l) for l in (tmp_path / "loud" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6] and all(r["L_B"] > 0 for r in records)

@@ -75,17 +75,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path):
 
 def test_export_round_trips_through_the_registry(toy, tmp_path):
     from defocus_cli.models.registry import load_model
-
     from defocus_cli.pipelines.train import export_run
 
     train(tiny(toy, steps=2), tmp_path / "run", device=CPU,
           provenance={"command": "defocus train ...", "git_revision": "abc123"})
-    meta = export_run(tmp_path / "run", tmp_path / "w" / "toy.pt", command="defocus train export", git_revision="abc")
+    meta = export_run(tmp_path / "run", tmp_path / "w" / "toy.pt", command="defocus train export", git_revision="abc",
+                      root=tmp_path)
     model, loaded = load_model(tmp_path / "w" / "toy.pt", CPU)
     assert loaded["architecture"] == "dmenet-b" and loaded["config"]["width"] == 0.25
     assert loaded["sha256"] == meta["sha256"]
     assert loaded["train_command"] == "defocus train ..." and loaded["val_metrics"]["val_images"] == 1
     assert "L_C dropped" in loaded["vgg19_replacement"] and "Kaiming" in loaded["encoder_init"]
+    written = (tmp_path / "w" / "toy.json").read_text()
+    assert str(tmp_path) not in written  # no path of the machine that built it, relative to the root
     ckpt = load_checkpoint(tmp_path / "run")
     for k, v in model.state_dict().items():  # fp16 storage: equal to half precision
         ref = ckpt["B"][k]
@@ -98,11 +100,47 @@ def test_export_round_trips_through_the_registry(toy, tmp_path):
         train(tiny(toy, steps=1, width=0.5, init_weights=str(tmp_path / "w" / "toy.pt")), tmp_path / "bad", device=CPU)
 
 
+def test_portable_paths_write_paths_relative_to_the_repository(tmp_path):
+    from defocus_cli.pipelines.train.export import portable_paths
+
+    repo = tmp_path / "defocus"
+    meta = {"data": f"{repo}/datasets/mix", "cmd": f"defocus train --data {repo}/datasets/mix --real {tmp_path}/shared/x",
+            "list": [str(repo)], "n": 3}
+    assert portable_paths(meta, repo) == {"data": "datasets/mix", "cmd": "defocus train --data datasets/mix --real ../shared/x",
+                                          "list": ["."], "n": 3}
+
+
 def test_nan_loss_stops_the_run_with_a_clear_message(toy, tmp_path):
     from defocus_cli.errors import ProcessingError
 
-    with pytest.raises(ProcessingError, match="NaN or inf"):
+    # lr = inf: step 1's loss is finite, its update makes the weights inf/NaN, step 2's loss NaN
+    with pytest.raises(ProcessingError, match="between steps 2 and 2: a loss is NaN or inf"):
         train(tiny(toy, lr=float("inf"), steps=3), tmp_path / "run", device=CPU)
+    # the losses are read once per record: the error names the steps since the last one
+    with pytest.raises(ProcessingError, match="between steps 1 and 3: a loss is NaN or inf.*lower --lr"):
+        train(tiny(toy, lr=float("inf"), steps=3, log_every=10, ckpt_every=10), tmp_path / "run2", device=CPU)
+
+
+def test_a_diverged_run_writes_no_checkpoint(toy, tmp_path):
+    """The checkpoint at step 2 (not a log step) checks the losses first: the NaN weights step 1's
+    update wrote never reach the disk."""
+    from defocus_cli.errors import ProcessingError
+
+    with pytest.raises(ProcessingError, match="between steps 1 and 2"):
+        train(tiny(toy, lr=float("inf"), steps=4, log_every=4, ckpt_every=2), tmp_path / "run", device=CPU)
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+    assert not (tmp_path / "run" / METRICS).exists()
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(toy, tmp_path):
+    """A killed run's records past its last checkpoint go (they are redone), a line cut short too."""
+    run = tmp_path / "run"
+    train(tiny(toy, steps=4, ckpt_every=2), run, device=CPU, stop_after=3)
+    with open(run / METRICS, "a") as f:
+        f.write('{"step": 4, "L_B": 0.')  # the kill came mid-write
+    train(tiny(toy, steps=4, ckpt_every=2), run, device=CPU, resume=True)
+    lines = (run / METRICS).read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines if "kind" not in json.loads(l)] == [1, 2, 3, 4]
 
 
 def _bn_stats(state: dict) -> dict:
