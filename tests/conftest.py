@@ -47,3 +47,15 @@ def tiny_weights(tmp_path_factory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny training runs on one torch thread: on a busy 2-core machine two OpenMP threads stall
+    for seconds waiting for each other, and one thread is as fast for these sizes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -62,7 +62,7 @@ import numpy as np
 from defocus_cli import __version__
 from defocus_cli.errors import InputError
 from defocus_cli.io.datasets import write_manifest, write_mask
-from defocus_cli.io.images import read_image, read_png16, save_json, save_npy, write_image
+from defocus_cli.io.images import IMAGE_SUFFIXES, read_image, read_png16, save_json, save_npy, write_image
 from defocus_cli.ops.masks import MASK_BLURRED, MASK_SHARP, MASK_UNKNOWN, blur_mask
 from defocus_cli.ops.thinlens import alpha_from_lens, coc_diameter, sigma_from_coc
 
@@ -311,7 +311,7 @@ def list_scenes(src: Path) -> list[str]:
 
 
 def _photo(src: Path, sub: str, scene: str) -> Path:
-    for suffix in (".jpg", ".JPG", ".jpeg", ".png"):
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
         p = src / sub / f"{scene}{suffix}"
         if p.is_file():
             return p

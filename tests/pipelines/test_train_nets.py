@@ -24,16 +24,11 @@ from defocus_cli.pipelines.train import (
 )
 from defocus_cli.pipelines.train_data import BatchPlan, StepBatches, write_toy_dataset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # other engineers share these 2 cores: 2 OpenMP threads stall for seconds under contention
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
          512, 512, 512, 512, "M")
 

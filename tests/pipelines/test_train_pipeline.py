@@ -11,16 +11,11 @@ from defocus_cli.errors import InputError
 from defocus_cli.pipelines.train import CHECKPOINT, METRICS, TrainConfig, load_checkpoint, train
 from defocus_cli.pipelines.train_data import write_toy_dataset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # other engineers share these 2 cores: 2 OpenMP threads stall for seconds under contention
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
