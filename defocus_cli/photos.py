@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 #: name parts of the files the tool writes: NAME.<suffix>
 ESTIMATE_SUFFIXES = ("defocus.npy", "defocus.png", "defocus.preview.png", "defocus.json")
+DEBLUR_SIDECAR = "deblurred.json"
 DEPTH_SUFFIXES = ("depth.npy", "depth.png", "depth.preview.png", "depth.json")
 #: markers of output names, so a folder scan does not take a previous run's outputs for photos
 OUTPUT_MARKERS = (".defocus.", ".magnified.", ".deblurred.", ".depth.")
@@ -156,36 +157,66 @@ def magnify_photo(photo: Path, config: "MagnifyConfig", output: Path | None = No
 
 
 def deblur_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[str, Any], config: "DeblurConfig",
-                  margin: float | None = None, device: Any = None,
-                  workers: int | None = None) -> "DeblurResult":
-    """Deblur with the map's margin policy (``maps.deblur_margin``: maps a network made are
-    deblurred by their lower bound). ``defocus deblur`` and ``defocus eval --deblur`` both run this."""
-    from defocus_cli.pipelines.deblur import deblur
+                  margin: float | None = None, device: Any = None, workers: int | None = None,
+                  lam: float | None = None) -> tuple["DeblurResult", dict[str, Any]]:
+    """Deblur with the project's policies; ``defocus deblur`` and ``defocus eval --deblur`` both run this.
 
-    config = dataclasses.replace(config, map_margin=deblur_margin(origin, margin))
-    return deblur(pixels, sigma, config, device=device, workers=workers)
+    - margin: the map's margin (``maps.deblur_margin``: maps a network made are deblurred by
+      their lower bound);
+    - lam: the solver's data weight; None: from the photo's own noise, per level
+      (``pipelines.deblur.noise_adaptive_lam``), capped for JPEG-compressed photos.
+    Returns the result and the settings used (margin, lam or the noise it came from).
+    """
+    from defocus_cli.pipelines.deblur import deblur, measure_noise, sigma_levels
+
+    used: dict[str, Any] = {"margin_px": deblur_margin(origin, margin), "alpha": config.deconv.alpha}
+    config = dataclasses.replace(config, map_margin=used["margin_px"])
+    if lam is None:
+        measured = measure_noise(pixels)
+        config = dataclasses.replace(config, noise=measured["noise"], jpeg=measured["jpeg"])
+        used.update(lam_source="noise", **measured)
+    else:
+        config = dataclasses.replace(config, deconv=dataclasses.replace(config.deconv, lam=lam), noise=None)
+        used.update(lam_source="given", lam=lam)
+    result = deblur(pixels, sigma, config, device=device, workers=workers)
+    if lam is None:
+        from defocus_cli.pipelines.deblur import noise_adaptive_lam
+
+        used["lam_per_level"] = {f"{s:.3f}": round(noise_adaptive_lam(measured["noise"], s, measured["jpeg"]), 1)
+                                 for s in result.levels[1:]}
+    return result, used
 
 
 def deblur_photo(photo: Path, config: "DeblurConfig", output: Path | None = None,
                  map_source: Path | None = None, estimator: "Estimator | LazyEstimator | None" = None,
                  working_size: int | None = None, margin: float | None = None, device: Any = None,
-                 workers: int | None = None) -> dict[str, Any]:
-    """All-in-focus image of one photo; writes NAME.deblurred.EXT in its format and bit depth.
+                 workers: int | None = None, lam: float | None = None) -> dict[str, Any]:
+    """All-in-focus image of one photo; writes NAME.deblurred.EXT in its format and bit depth,
+    and NAME.deblurred.json (the map's origin, the margin, the noise measured and the lam used).
 
-    margin: px subtracted from the map (None: the policy of ``maps.deblur_margin``). device:
-    a torch.device for the FFTs (None: numpy); defaults to the estimator's when it runs.
+    margin: px subtracted from the map (None: the policy of ``maps.deblur_margin``). lam: the
+    solver's data weight (None: from the photo's noise). device: a torch.device for the FFTs
+    (None: numpy); defaults to the estimator's when it runs.
     """
     _ensure_folder(output)
     image = read_image(photo)
     sigma, origin = obtain_map(photo, image.pixels, map_source, estimator, working_size)
     if device is None and origin["source"] == "estimated":
         device = estimator.get().device
-    result = deblur_pixels(image.pixels, sigma, origin, config, margin, device, workers)
+    result, used = deblur_pixels(image.pixels, sigma, origin, config, margin, device, workers, lam)
     write_image(output_path(photo, output, image_suffix(photo, "deblurred")), result.image,
                 bit_depth=image.bit_depth)
     W, H = image.size
+    save_json(output_path(photo, output, DEBLUR_SIDECAR), {
+        "input": {"path": str(photo), "width": W, "height": H, "bit_depth": image.bit_depth},
+        "map": origin,
+        "deconvolution": used,
+        "levels_px": [float(v) for v in result.levels],
+        "defocus_version": __version__,
+    })
     return {"width": W, "height": H, "map": origin, "max_sigma": float(sigma.max()),
-            "margin": deblur_margin(origin, margin),
+            "margin": used["margin_px"], "noise": used.get("noise"), "jpeg": used.get("jpeg"),
+            "lam": used.get("lam"),
             "deblurred_fraction": float(1 - result.layer_fraction[0]),
             "levels": int((result.layer_fraction[1:] > 0).sum())}
 

@@ -22,8 +22,10 @@ def deblur(
                         "(default 0.8, measured best on real JPEG photos; 0.5 and 2/3 are "
                         "solved in closed form).")] = None,
     lam: Annotated[Optional[float], typer.Option(
-        "--lam", help="Weight of the data term (default 300, for JPEG photos); larger trusts the "
-                      "photo more: ~2000 suits clean, uncompressed input.")] = None,
+        "--lam", help="Weight of the data term; larger trusts the photo more. Default: from each "
+                      "photo's own noise and each level's sigma (a rule fitted on synthetic blur "
+                      "with known noise), at most 300 for JPEG-compressed photos; the noise and "
+                      "the weights go in NAME.deblurred.json.")] = None,
     layers: Annotated[int, typer.Option(
         "--layers", help="Number of blur levels the map is split into.")] = 16,
     sharp: Annotated[float, typer.Option(
@@ -53,7 +55,7 @@ def deblur(
     The defocus map (from --map, or estimated with the network) is split into blur levels; each
     level is deconvolved with its Gaussian kernel (hyper-Laplacian prior, Krishnan & Fergus
     2009) where it is used, and the levels are blended per pixel. Writes NAME.deblurred.EXT in
-    the input's format and bit depth.
+    the input's format and bit depth, and NAME.deblurred.json (noise, weights, margin).
     """
     try:
         from defocus_cli.ops.deconv import DeconvConfig
@@ -61,6 +63,7 @@ def deblur(
 
         try:
             deconv = DeconvConfig(**{k: v for k, v in (("alpha", alpha), ("lam", lam)) if v is not None})
+            # --lam given: that weight everywhere (checked above); not given: from the noise
             config = DeblurConfig(deconv=deconv, layers=layers, sharp_sigma=sharp, channels=channels,
                                   map_margin=0.0 if margin is None else margin)
         except ValueError as e:
@@ -87,14 +90,18 @@ def deblur(
             torch.set_num_threads(threads)
     except DefocusError as e:
         raise fail(e)
-    from defocus_cli.photos import deblur_photo, image_suffix, output_path
+    from defocus_cli.photos import DEBLUR_SIDECAR, deblur_photo, image_suffix, output_path
 
     def process(photo: Path) -> dict:
-        r = deblur_photo(photo, config, output, map_opt, estimator, working_size, margin, fft_device)
+        r = deblur_photo(photo, config, output, map_opt, estimator, working_size, margin, fft_device,
+                         lam=lam)
         return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
                 "max σ px": f"{r['max_sigma']:.2f}", "deblurred": f"{100 * r['deblurred_fraction']:.0f}%",
-                "levels": r["levels"]}
+                # the solver's weight: given, or from the noise (in 8-bit steps; J: JPEG-capped)
+                "λ": f"{r['lam']:g}" if r["lam"] is not None else
+                     f"n{255 * r['noise']:.1f}" + ("J" if r["jpeg"] else "")}
 
-    code = run_batch(paths, process, lambda p: [output_path(p, output, image_suffix(p, "deblurred"))],
+    code = run_batch(paths, process, lambda p: [output_path(p, output, s)
+                                                for s in (image_suffix(p, "deblurred"), DEBLUR_SIDECAR)],
                      overwrite, title="defocus deblur")
     raise typer.Exit(code)

@@ -118,7 +118,7 @@ def run(
         from defocus_cli.pipelines.deblur import DeblurConfig
 
         def deblur_fn(rgb, sigma):  # what `defocus deblur` runs on an estimated map, on its device
-            return deblur_pixels(rgb, sigma, ESTIMATED, DeblurConfig(), device=estimator.device).image
+            return deblur_pixels(rgb, sigma, ESTIMATED, DeblurConfig(), device=estimator.device)[0].image
 
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]defocus eval"), BarColumn(), MofNCompleteColumn(),

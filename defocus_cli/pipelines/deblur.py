@@ -26,6 +26,7 @@ in a fixed order (benchmarks/README.md, "deblur").
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import deque
@@ -59,6 +60,11 @@ class DeblurConfig:
 
     #: the per-layer deconvolution (prior exponent alpha, data weight lam, continuation)
     deconv: DeconvConfig = field(default_factory=DeconvConfig)
+    #: the photo's noise (standard deviation of its luma, 0-1; ``ops.noise.estimate_noise``).
+    #: Given, each level's lam comes from ``noise_adaptive_lam`` instead of deconv.lam.
+    noise: float | None = None
+    #: the photo was JPEG-compressed (``ops.noise.blockiness``): lam is capped at JPEG_LAM
+    jpeg: bool = False
     #: number of deconvolved sigma levels (the input itself is one more, at sharp_sigma)
     layers: int = 16
     #: px; pixels at or below this sigma keep the input (a Gaussian this narrow is invisible)
@@ -116,6 +122,8 @@ class DeblurConfig:
             raise ValueError(f"DeblurConfig: map_margin must be >= 0, got {self.map_margin}")
         if self.max_sigma is not None and not self.max_sigma > self.sharp_sigma:
             raise ValueError("DeblurConfig: max_sigma must exceed sharp_sigma")
+        if self.noise is not None and not self.noise >= 0:
+            raise ValueError(f"DeblurConfig: noise must be >= 0, got {self.noise}")
         if self.channels not in ("luma", "rgb"):
             raise ValueError(f"DeblurConfig: channels must be luma or rgb, got {self.channels!r}")
         if self.spacing not in ("geometric", "linear"):
@@ -130,6 +138,51 @@ class DeblurConfig:
             raise ValueError("DeblurConfig: need overlap >= 1 and tile >= 4 * overlap")
         if self.margin_sigmas < 0:
             raise ValueError("DeblurConfig: margin_sigmas must be >= 0")
+
+
+#: noise_adaptive_lam: lam = LAM_RULE_K * sigma^LAM_RULE_SIGMA_EXP / noise^LAM_RULE_NOISE_EXP,
+#: fitted on synthetic blur with known noise (BSDS500 val photos, not the benchmark's Kodak24;
+#: benchmarks/README.md, "deblur: noise-adaptive lam")
+LAM_RULE_K = 1.27
+LAM_RULE_SIGMA_EXP = 1.0
+LAM_RULE_NOISE_EXP = 1.6
+#: bounds of the rule: below LAM_MIN the prior wipes detail, above LAM_MAX (noise under 8-bit
+#: quantisation) the gain has levelled off
+LAM_MIN, LAM_MAX = 200.0, 40000.0
+#: the largest lam for JPEG photos: compression removes the noise the rule would see, and on
+#: real f/2.8 JPEG photos (dfd-indoor, ground-truth maps) lam above 300 loses
+JPEG_LAM = 300.0
+#: ops.noise.blockiness above this: the photo was JPEG-compressed (PNG and raw renders measure
+#: 0.98-1.02; JPEG q95 1.02-1.17, q75 1.2-1.75, the dfd-indoor photos 1.17-1.44)
+JPEG_BLOCKINESS = 1.04
+
+
+def noise_adaptive_lam(noise: float, sigma: float, jpeg: bool = False) -> float:
+    """The data weight for deconvolving a Gaussian blur of ``sigma`` px under white noise of
+    standard deviation ``noise`` (0-1 units): the fitted rule, within [LAM_MIN, LAM_MAX], at
+    most JPEG_LAM for JPEG photos."""
+    floor = 1.0 / (255.0 * math.sqrt(12.0))  # 8-bit quantisation: no photo is cleaner
+    lam = LAM_RULE_K * max(sigma, 0.25) ** LAM_RULE_SIGMA_EXP / max(noise, floor) ** LAM_RULE_NOISE_EXP
+    lam = min(max(lam, LAM_MIN), LAM_MAX)
+    return min(lam, JPEG_LAM) if jpeg else lam
+
+
+def level_deconv(config: "DeblurConfig", s_work: float, f: int = 1) -> DeconvConfig:
+    """The deconvolution of one level: config.deconv, with lam from the noise when it is known.
+    f: the level's frame is box-downsampled by f, which divides white noise by f."""
+    if config.noise is None:
+        return config.deconv
+    lam = noise_adaptive_lam(config.noise / f, s_work, config.jpeg)
+    return dataclasses.replace(config.deconv, lam=lam)
+
+
+def measure_noise(rgb: np.ndarray) -> dict[str, Any]:
+    """What the noise-adaptive deblur needs of a photo: its luma noise, its blockiness and
+    whether that makes it a JPEG photo."""
+    from defocus_cli.ops.noise import blockiness, estimate_noise
+
+    b = blockiness(rgb)
+    return {"noise": estimate_noise(rgb), "blockiness": b, "jpeg": b > JPEG_BLOCKINESS}
 
 
 @dataclass
@@ -290,7 +343,7 @@ def _restore_tile(
         np.ascontiguousarray(np.moveaxis(frame_small, -1, 0)),
         gaussian_kernel(s_work),
         (ky0, ky1, kx0, kx1),
-        config.deconv,
+        level_deconv(config, s_work, f),
         device,
         unknown if unknown.any() else None,
     )

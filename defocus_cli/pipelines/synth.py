@@ -14,6 +14,8 @@ Dataset layout (a contract the training and evaluation code rely on)::
                               sharp image (= CoC / 4); NaN where the source depth was invalid
     DATASET/mask/NAME.png     8-bit: 255 = blurred (sigma >= mask_threshold), 0 = sharp,
                               128 = unknown (sigma NaN); see ops.masks
+    DATASET/sharp/NAME.png    8-bit RGB, the all-in-focus scene it was rendered from (so a
+                              dataset is also a set of deblurring pairs for `eval --deblur`)
     DATASET/manifest.jsonl    one JSON object per sample (sorted by name): name, split, source,
                               scene, camera (S1, alpha, alpha_up, c_max), seed, sizes, statistics
     DATASET/dataset.json      generator, version, options, seed, mask threshold, units, counts
@@ -437,7 +439,8 @@ def _load_rgbd(spec: SampleSpec, config: SynthConfig) -> tuple[np.ndarray, np.nd
 
 
 def render_sample(spec: SampleSpec, config: SynthConfig, textures: tuple[Path, ...] | None):
-    """-> (image (H, W, 3) uint8, sigma (H, W) float32 with NaN, mask (H, W) uint8, record)."""
+    """-> (image (H, W, 3) uint8, sigma (H, W) float32 with NaN, mask (H, W) uint8, record,
+    sharp (H, W, 3) uint8: the all-in-focus scene the image was rendered from)."""
     rng = np.random.default_rng(np.random.SeedSequence(spec.entropy(config.seed)))
     if spec.kind == "procedural":
         width, height = config.procedural_size
@@ -492,7 +495,8 @@ def render_sample(spec: SampleSpec, config: SynthConfig, textures: tuple[Path, .
         "mask": f"mask/{spec.name}.png",
         **info,
     }
-    return image, sigma.astype(np.float32), mask, record
+    sharp = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return image, sigma.astype(np.float32), mask, record, sharp
 
 
 def _write_png(path: Path, data: np.ndarray) -> None:
@@ -507,11 +511,12 @@ def _progress_dir(output: Path) -> Path:
 
 def generate_sample(spec: SampleSpec, config: SynthConfig, textures: tuple[Path, ...] | None) -> dict[str, Any]:
     """Render one sample and write its files; the progress record is written last."""
-    image, sigma, mask, record = render_sample(spec, config, textures)
+    image, sigma, mask, record, sharp = render_sample(spec, config, textures)
     out = config.output
     _write_png(out / "image" / f"{spec.name}.png", np.ascontiguousarray(image[..., ::-1]))
     save_npy(out / "sigma" / f"{spec.name}.npy", sigma)
     _write_png(out / "mask" / f"{spec.name}.png", mask)
+    _write_png(out / "sharp" / f"{spec.name}.png", np.ascontiguousarray(sharp[..., ::-1]))
     save_json(_progress_dir(out) / f"{spec.name}.json", record)
     return record
 
@@ -578,7 +583,7 @@ def run_synth(
     textures = _texture_files(config.textures) if config.textures else None
     out = config.output
     try:
-        for sub in ("image", "sigma", "mask", ".progress"):
+        for sub in ("image", "sigma", "mask", "sharp", ".progress"):
             (out / sub).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{out}: cannot create the dataset folder ({e.strerror})") from None
@@ -589,7 +594,7 @@ def run_synth(
     for spec in specs:
         rec_path = _progress_dir(out) / f"{spec.name}.json"
         files = [out / "image" / f"{spec.name}.png", out / "sigma" / f"{spec.name}.npy",
-                 out / "mask" / f"{spec.name}.png"]
+                 out / "mask" / f"{spec.name}.png", out / "sharp" / f"{spec.name}.png"]
         if rec_path.is_file() and all(f.is_file() for f in files):
             records[spec.name] = json.loads(rec_path.read_text())
         else:
@@ -639,6 +644,7 @@ def run_synth(
                      "position in the sharp image; NaN where the source depth was invalid",
             "mask": f"mask/NAME.png: 8-bit, {MASK_BLURRED} where sigma >= {config.mask_threshold:g} px "
                     f"(blurred), {MASK_SHARP} below, {MASK_UNKNOWN} where sigma is NaN (unknown)",
+            "sharp": "sharp/NAME.png: 8-bit RGB, the all-in-focus scene the image was rendered from",
             "manifest": "manifest.jsonl: one JSON object per sample, sorted by name",
         },
         "units": {

@@ -71,6 +71,16 @@ def test_layout_labels_and_camera(tmp_path):
         assert sigma.dtype == np.float32 and sigma.shape == image.shape[:2]
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 128, 255}
         np.testing.assert_array_equal(mask == 128, np.isnan(sigma))  # no label: unknown, not sharp
+        sharp = cv2.imread(str(out / "sharp" / f"{r['name']}.png"), cv2.IMREAD_UNCHANGED)
+        assert sharp.dtype == np.uint8 and sharp.shape == image.shape
+        # the image is the sharp scene blurred by sigma: equal where sigma is ~0, smoother elsewhere
+        diff = np.abs(image.astype(np.float32) - sharp).mean(axis=2)
+        in_focus = np.nan_to_num(sigma, nan=99) < 0.1
+        if in_focus.sum() > 100:
+            assert np.median(diff[in_focus]) <= 3
+        if np.nanmean(sigma) > 1.5:
+            lap = lambda a: np.abs(cv2.Laplacian(a.astype(np.float32), cv2.CV_32F)).mean()
+            assert lap(image) < lap(sharp)
         # the paper's camera: S1 in [x_near, x_far], 0 <= alpha <= alpha_up, CoC <= c_max
         assert r["x_near"] <= r["S1"] <= r["x_far"]
         assert 0 <= r["alpha"] <= r["alpha_up"]
@@ -106,7 +116,7 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
     b = dataclasses.replace(a, output=tmp_path / "b", workers=2)
     run_synth(b)
     fa, fb = _files(a.output), _files(b.output)
-    assert fa.keys() == fb.keys() and len(fa) == 7 * 3 + 2
+    assert fa.keys() == fb.keys() and len(fa) == 7 * 4 + 2  # image, sigma, mask, sharp per sample
     assert all(fa[k] == fb[k] for k in fa)
     c = dataclasses.replace(a, output=tmp_path / "c", seed=8)
     run_synth(c)
