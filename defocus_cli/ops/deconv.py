@@ -57,7 +57,8 @@ class DeconvConfig:
     {0.5, 2/3, 0.8, 1}: lam 200-300 with alpha 0.8-1 is best (+0.23 to +0.27 dB), lam >= 1000
     loses (it amplifies JPEG noise, clipping and map errors), alpha 0.5 loses detail. On
     synthetic blur with 1 % white noise a larger lam (2000-5000) is better (+4.2 vs +3.1 dB at
-    sigma 2): pass it for clean, uncompressed input.
+    sigma 2). The layered deblur therefore sets lam per photo and level from the photo's noise
+    (pipelines.deblur.noise_adaptive_lam); this default is the weight for JPEG photos.
     """
 
     #: weight of the data term; larger trusts the blurred image more (less noise suppression)
