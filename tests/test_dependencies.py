@@ -45,7 +45,7 @@ def _third_party(files: list[Path]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for f in files:
         for name in _imports(f):
-            if name in sys.stdlib_module_names or name in ("defocus_cli", "__future__"):
+            if name in sys.stdlib_module_names or name in ("defocus_cli", "tests", "__future__"):
                 continue
             found.setdefault(name, []).append(str(f.relative_to(REPO)))
     return found

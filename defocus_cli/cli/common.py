@@ -22,6 +22,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -176,7 +177,7 @@ def run_batch(
         _summary(outcomes, title)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
-        console.print(f"[red]error:[/red] {_message(o)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_message(o))}", highlight=False, soft_wrap=True)
     if failed:
         console.print(f"[red]{len(failed)} of {len(outcomes)} failed[/red]", highlight=False)
         return max(o.error.exit_code for o in failed)
@@ -234,7 +235,7 @@ def _summary(outcomes: list[Outcome], title: str) -> None:
 
 def fail(error: DefocusError) -> typer.Exit:
     """Print a one-line error and return the Exit to raise: `raise fail(e)`."""
-    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(error.exit_code)
 
 

@@ -146,3 +146,10 @@ def test_globs(photos, tmp_path, tiny_weights):
     assert not (tmp_path / "o" / "b.defocus.npy").exists()
     r = _run("estimate", str(photos / "*.gif"), "--weights", tiny_weights)
     assert r.exit_code == 2 and "no file matches" in r.output
+
+
+def test_error_messages_keep_square_brackets(tmp_path):
+    # rich markup would eat "[1]" from the file name
+    result = _run("estimate", tmp_path / "a[1].jpg", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "a[1].jpg" in result.output
