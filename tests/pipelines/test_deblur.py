@@ -356,10 +356,11 @@ def test_real_f28_photos_against_f8(shared_data) -> None:
 def test_noise_adaptive_lam_follows_the_rule_and_its_bounds():
     from defocus_cli.pipelines.deblur import JPEG_LAM, LAM_MAX, LAM_MIN, noise_adaptive_lam
 
-    # lam = 1.27 sigma / noise^1.6, the rule fitted on BSDS500 val
-    assert noise_adaptive_lam(0.01, 2.0) == pytest.approx(1.27 * 2.0 / 0.01 ** 1.6, rel=1e-6)
-    assert noise_adaptive_lam(0.01, 2.0) > noise_adaptive_lam(0.02, 2.0)  # noisier: trust the photo less
-    assert noise_adaptive_lam(0.01, 3.0) > noise_adaptive_lam(0.01, 1.0)
+    # lam = 1.27 sigma / noise^1.6, the rule fitted on BSDS500 val, within [200, 3000]
+    assert noise_adaptive_lam(0.02, 2.0) == pytest.approx(1.27 * 2.0 / 0.02 ** 1.6, rel=1e-6)
+    assert noise_adaptive_lam(0.02, 2.0) > noise_adaptive_lam(0.04, 2.0)  # noisier: trust the photo less
+    assert noise_adaptive_lam(0.02, 3.0) > noise_adaptive_lam(0.02, 1.0)
+    assert LAM_MAX == 3000
     assert noise_adaptive_lam(0.0, 2.0) == LAM_MAX  # 8-bit quantisation is the floor, then the cap
     assert noise_adaptive_lam(1.0, 1.0) == LAM_MIN
     assert noise_adaptive_lam(0.01, 2.0, jpeg=True) == JPEG_LAM == 300
@@ -367,7 +368,7 @@ def test_noise_adaptive_lam_follows_the_rule_and_its_bounds():
 
 def test_noise_adaptive_deblur_beats_the_fixed_default_on_a_clean_photo(shared_data):
     """A natural photo (BSDS500 test, not the set the rule was fitted on), sigma 2 blur, 0.5 %
-    noise, 8-bit: the measured noise asks for lam ~20000 instead of 300, measured +2.6 dB."""
+    noise, 8-bit: the measured noise asks for lam 3000 (the cap) instead of 300."""
     import cv2
 
     from defocus_cli.io.images import read_image
@@ -383,4 +384,4 @@ def test_noise_adaptive_deblur_beats_the_fixed_default_on_a_clean_photo(shared_d
     sigma = np.full(y.shape[:2], 2.0, np.float32)
     fixed = deblur(y, sigma, DeblurConfig()).image
     adaptive = deblur(y, sigma, DeblurConfig(noise=m["noise"])).image
-    assert psnr(adaptive, sharp) > psnr(fixed, sharp) + 2.0
+    assert psnr(adaptive, sharp) > psnr(fixed, sharp) + 1.0
