@@ -36,6 +36,7 @@ from defocus_cli.maps import deblur_margin, obtain_map
 if TYPE_CHECKING:
     from defocus_cli.estimator import Estimator, LazyEstimator
     from defocus_cli.pipelines.deblur import DeblurConfig, DeblurResult
+    from defocus_cli.pipelines.deblur_net import DeblurNetwork
     from defocus_cli.pipelines.estimate import EstimateResult
     from defocus_cli.pipelines.magnify import MagnifyConfig
 
@@ -167,7 +168,7 @@ def deblur_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[str, Any],
       (``pipelines.deblur.noise_adaptive_lam``), capped for JPEG-compressed photos.
     Returns the result and the settings used (margin, lam or the noise it came from).
     """
-    from defocus_cli.pipelines.deblur import deblur, measure_noise, sigma_levels
+    from defocus_cli.pipelines.deblur import deblur, measure_noise
 
     used: dict[str, Any] = {"margin_px": deblur_margin(origin, margin), "alpha": config.deconv.alpha}
     config = dataclasses.replace(config, map_margin=used["margin_px"])
@@ -187,38 +188,88 @@ def deblur_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[str, Any],
     return result, used
 
 
+#: how `defocus deblur` deblurs: the layered solver, or the map-conditioned network
+DEBLUR_METHODS = ("solver", "network")
+
+
+def deblur_network_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[str, Any],
+                          network: "DeblurNetwork", config: "DeblurConfig", margin: float | None = None,
+                          device: Any = None, workers: int | None = None,
+                          lam: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Deblur with the map-conditioned network (``defocus deblur --method network``).
+
+    The network sees the map less the margin policy's margin (``maps.deblur_margin``, as the
+    solver does) and the photo, or, for a network trained on the solver's output
+    (config.input "solver"), the solver's result (``deblur_pixels`` with config, device,
+    workers, lam). As in the solver, pixels blurred by at most ``config.sharp_sigma`` keep the
+    input exactly; the network's output is blended in linearly up to twice that sigma, so no
+    seam shows. Returns (H, W, 3) float32 in [0, 1] and the settings used.
+    """
+    used: dict[str, Any] = {"margin_px": deblur_margin(origin, margin), "sharp_sigma_px": config.sharp_sigma,
+                            **network.describe()}
+    base = pixels
+    if network.config.input == "solver":
+        result, used["deconvolution"] = deblur_pixels(pixels, sigma, origin, config, margin, device, workers, lam)
+        base = result.image
+    s = np.maximum(np.nan_to_num(sigma) - used["margin_px"], 0.0).astype(np.float32)
+    restored = network.run(base, s)
+    if config.sharp_sigma > 0:
+        # the network changes every pixel a little (it was trained on noisy, compressed inputs):
+        # an in-focus render (input = sharp) lost up to 22 dB to that; kept, it loses nothing
+        w = np.clip(s / config.sharp_sigma - 1.0, 0.0, 1.0)[..., None]
+        restored = pixels + w * (restored - pixels)
+    return restored.astype(np.float32), used
+
+
 def deblur_photo(photo: Path, config: "DeblurConfig", output: Path | None = None,
                  map_source: Path | None = None, estimator: "Estimator | LazyEstimator | None" = None,
                  working_size: int | None = None, margin: float | None = None, device: Any = None,
-                 workers: int | None = None, lam: float | None = None) -> dict[str, Any]:
+                 workers: int | None = None, lam: float | None = None, method: str = "solver",
+                 network: "DeblurNetwork | None" = None) -> dict[str, Any]:
     """All-in-focus image of one photo; writes NAME.deblurred.EXT in its format and bit depth,
-    and NAME.deblurred.json (the map's origin, the margin, the noise measured and the lam used).
+    and NAME.deblurred.json (the method, the map's origin, the margin, and the noise measured
+    and lam used by the solver, or the network's name and sha256).
 
     margin: px subtracted from the map (None: the policy of ``maps.deblur_margin``). lam: the
     solver's data weight (None: from the photo's noise). device: a torch.device for the FFTs
     (None: numpy); defaults to the estimator's when it runs.
+    method: "solver" (layered hyper-Laplacian deconvolution, ``deblur_pixels``) or "network"
+    (``deblur_network_pixels`` with ``network``, a loaded ``pipelines.deblur_net.DeblurNetwork``).
     """
+    if method not in DEBLUR_METHODS:
+        raise ValueError(f"deblur_photo: method must be one of {', '.join(DEBLUR_METHODS)}, got {method!r}")
+    if method == "network" and network is None:
+        raise ValueError("deblur_photo: method 'network' needs a loaded network")
     _ensure_folder(output)
     image = read_image(photo)
     sigma, origin = obtain_map(photo, image.pixels, map_source, estimator, working_size)
     if device is None and origin["source"] == "estimated":
         device = estimator.get().device
-    result, used = deblur_pixels(image.pixels, sigma, origin, config, margin, device, workers, lam)
-    write_image(output_path(photo, output, image_suffix(photo, "deblurred")), result.image,
-                bit_depth=image.bit_depth)
     W, H = image.size
-    save_json(output_path(photo, output, DEBLUR_SIDECAR), {
+    sidecar: dict[str, Any] = {
         "input": {"path": str(photo), "width": W, "height": H, "bit_depth": image.bit_depth},
+        "method": method,
         "map": origin,
-        "deconvolution": used,
-        "levels_px": [float(v) for v in result.levels],
-        "defocus_version": __version__,
-    })
-    return {"width": W, "height": H, "map": origin, "max_sigma": float(sigma.max()),
-            "margin": used["margin_px"], "noise": used.get("noise"), "jpeg": used.get("jpeg"),
-            "lam": used.get("lam"),
-            "deblurred_fraction": float(1 - result.layer_fraction[0]),
-            "levels": int((result.layer_fraction[1:] > 0).sum())}
+    }
+    if method == "solver":
+        result, used = deblur_pixels(image.pixels, sigma, origin, config, margin, device, workers, lam)
+        restored = result.image
+        sidecar.update(deconvolution=used, levels_px=[float(v) for v in result.levels])
+        summary = {"margin": used["margin_px"], "noise": used.get("noise"), "jpeg": used.get("jpeg"),
+                   "lam": used.get("lam"), "deblurred_fraction": float(1 - result.layer_fraction[0]),
+                   "levels": int((result.layer_fraction[1:] > 0).sum())}
+    else:
+        restored, used = deblur_network_pixels(image.pixels, sigma, origin, network, config, margin,
+                                               device, workers, lam)
+        sidecar["network"] = used
+        summary = {"margin": used["margin_px"], "noise": None, "jpeg": None, "lam": None, "levels": 0,
+                   "deblurred_fraction": float(np.mean(sigma - used["margin_px"] > config.sharp_sigma))}
+    write_image(output_path(photo, output, image_suffix(photo, "deblurred")), restored,
+                bit_depth=image.bit_depth)
+    sidecar["defocus_version"] = __version__
+    save_json(output_path(photo, output, DEBLUR_SIDECAR), sidecar)
+    return {"width": W, "height": H, "map": origin, "max_sigma": float(sigma.max()), "method": method,
+            **summary}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,13 @@ def deblur(
     channels: Annotated[str, typer.Option(
         "--channels", help="luma: deconvolve brightness only (default; 3x faster, as good on "
                            "JPEG photos); rgb: each colour channel.")] = "luma",
+    method: Annotated[str, typer.Option(
+        "--method", help="solver: layered hyper-Laplacian deconvolution (default); network: the "
+                         "map-conditioned deblurring network (SFT, `defocus train sft`), on the "
+                         "photo and the same map less the same margin.")] = "solver",
+    model_deblur: Annotated[str, typer.Option(
+        "--model-deblur", help="With --method network: registry name or .pt file of the "
+                               "deblurring network.")] = "sft-deblur",
     threads: Annotated[int, typer.Option(
         "--threads", help="CPU threads (0 = torch's default, one per core): frames are "
                           "deconvolved in parallel, one per thread.")] = 0,
@@ -54,8 +61,10 @@ def deblur(
 
     The defocus map (from --map, or estimated with the network) is split into blur levels; each
     level is deconvolved with its Gaussian kernel (hyper-Laplacian prior, Krishnan & Fergus
-    2009) where it is used, and the levels are blended per pixel. Writes NAME.deblurred.EXT in
-    the input's format and bit depth, and NAME.deblurred.json (noise, weights, margin).
+    2009) where it is used, and the levels are blended per pixel. --method network instead runs
+    a map-conditioned deblurring network (spatial feature transform, Ye et al.). Writes
+    NAME.deblurred.EXT in the input's format and bit depth, and NAME.deblurred.json (method,
+    noise, weights, margin, or the network's name and sha256).
     """
     try:
         from defocus_cli.ops.deconv import DeconvConfig
@@ -72,6 +81,8 @@ def deblur(
                              .replace("map_margin", "margin")) from None
         if threads < 0:
             raise InputError(f"--threads must be >= 0, got {threads}")
+        if method not in ("solver", "network"):
+            raise InputError(f"--method must be solver or network, got {method!r}")
         from defocus_cli.maps import check_map_source
 
         paths = expand_inputs(photos, recursive)
@@ -88,13 +99,21 @@ def deblur(
             import torch
 
             torch.set_num_threads(threads)
+        network = None
+        if method == "network":
+            from defocus_cli.pipelines.deblur_net import load_deblur_network
+
+            network = load_deblur_network(model_deblur, device, precision)
     except DefocusError as e:
         raise fail(e)
     from defocus_cli.photos import DEBLUR_SIDECAR, deblur_photo, image_suffix, output_path
 
     def process(photo: Path) -> dict:
         r = deblur_photo(photo, config, output, map_opt, estimator, working_size, margin, fft_device,
-                         lam=lam)
+                         lam=lam, method=method, network=network)
+        if r["method"] == "network":
+            return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
+                    "max σ px": f"{r['max_sigma']:.2f}", "margin": f"{r['margin']:g}", "method": "network"}
         return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
                 "max σ px": f"{r['max_sigma']:.2f}", "deblurred": f"{100 * r['deblurred_fraction']:.0f}%",
                 # the solver's weight: given, or from the noise (in 8-bit steps; J: JPEG-capped)

@@ -25,6 +25,10 @@ HELP = """Train network B of DMENet (+ D, C, S of the paper) on a synthetic data
   train:     defocus train --data DATASET -o RUN_DIR OPTIONS...
   continue:  defocus train --resume RUN_DIR --steps N
   ship:      defocus train export RUN_DIR -o weights/NAME.pt
+  deblurring network (map-conditioned SFT, paper 004; `defocus deblur --method network`):
+             defocus train sft --data DATASET -o RUN_DIR [--steps N --crop PX --batch N --lr LR]
+             defocus train sft --resume RUN_DIR [--steps N]
+             defocus train sft-export RUN_DIR -o weights/sft-deblur.pt
 
 --data is a `defocus synth` folder (image/, sigma/, manifest.jsonl with train/val splits). --real is a folder of real defocused photos without labels (the paper's D_R). --real-masks is a dataset folder with image/ + mask/ (255 = blurred, 0 = sharp, other values unknown), or a folder of masks named like the --real photos (D_B). Without them D and S are off, and the run says so.
 
@@ -215,4 +219,109 @@ def export(
     val = meta["val_metrics"]
     summary = f"val MAE {val['val_mae_px']:.3f} px" if val else "no validation metrics"
     console.print(f"[green]wrote[/] {output} ({meta['architecture']} width {meta['width']}, "
+                  f"{meta['steps']} steps, {summary})")
+
+
+@app.command("sft")
+def sft(
+    data: Optional[Path] = typer.Option(None, "--data", help="synth dataset folder with image/, sharp/, sigma/ and train/val splits"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run folder (checkpoint.pt, metrics.jsonl, config.json)"),
+    maps: Optional[Path] = typer.Option(None, "--maps", help="condition on estimated maps: a folder of NAME.defocus.npy (`defocus estimate DATASET/image -o FOLDER`) [default: the true maps]"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="total optimiser steps [default: 2000; with --resume: the run's]"),
+    batch: int = typer.Option(8, "--batch", help="crops per step"),
+    crop: int = typer.Option(128, "--crop", help="crop side, px (a multiple of the network's size multiple, 8 by default)"),
+    lr: float = typer.Option(5e-4, "--lr", help="Adam's initial rate (warm-up, then cosine to 2% of it)"),
+    channels: int = typer.Option(32, "--channels", help="image features at full resolution"),
+    blocks: int = typer.Option(6, "--blocks", help="SFT residual blocks"),
+    levels: int = typer.Option(2, "--levels", help="stride-2 down-samplings (after the 2x space-to-depth)"),
+    noise_max: float = typer.Option(0.01, "--noise-max", help="largest white-noise std added to the inputs (0-1)"),
+    jpeg_prob: float = typer.Option(0.5, "--jpeg-prob", help="fraction of inputs JPEG-compressed (quality 70-95)"),
+    val_every: int = typer.Option(250, "--val-every", help="steps between validations (PSNR on the val split)"),
+    val_max: int = typer.Option(16, "--val-max", help="val images per validation"),
+    ckpt_every: int = typer.Option(100, "--ckpt-every", help="steps between checkpoints"),
+    log_every: int = typer.Option(20, "--log-every", help="steps between metrics.jsonl records"),
+    seed: int = typer.Option(0, "--seed"),
+    init: Optional[Path] = typer.Option(None, "--init", help="start from these sft-deblur weights (fresh optimiser), e.g. stage 2 on --maps"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads (0: torch's default); 1 is steadier on a shared machine"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
+) -> None:
+    """Train the map-conditioned deblurring network (SFT, paper 004) on a synth dataset."""
+    from defocus_cli.errors import DefocusError, InputError
+
+    try:
+        from dataclasses import replace
+
+        import torch
+
+        from defocus_cli.models.sft import SFTNetConfig
+        from defocus_cli.pipelines.train_sft import SFTTrainConfig, load_sft_run_config, train_sft
+
+        if threads < 0:
+            raise InputError(f"--threads must be >= 0, got {threads}")
+        if threads:
+            torch.set_num_threads(threads)
+        if resume is not None:
+            if output is not None and output.resolve() != resume.resolve():
+                raise InputError(f"--resume {resume} continues that folder; drop -o {output}")
+            config = load_sft_run_config(resume)
+            if steps is not None:
+                config = replace(config, steps=steps)
+            run_dir = resume
+        else:
+            if data is None or output is None:
+                raise InputError("defocus train sft needs --data DATASET and -o RUN_DIR (or --resume RUN_DIR)")
+            try:
+                net = SFTNetConfig(channels=channels, blocks=blocks, levels=levels)
+            except ValueError as e:
+                raise InputError(str(e).replace("SFTNetConfig: ", "--")) from None
+            # absolute paths: the checkpoint must still find its data when resumed elsewhere
+            config = SFTTrainConfig(
+                data=str(data.resolve()), maps=str(maps.resolve()) if maps else None, net=net,
+                steps=steps or 2000, batch=batch, crop=crop, lr=lr, noise_max=noise_max,
+                jpeg_prob=jpeg_prob, seed=seed, log_every=log_every, val_every=val_every,
+                val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None)
+            run_dir = output
+        provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}
+
+        def report(record: dict) -> None:
+            if record.get("kind") == "val":
+                console.print(f"step {record['step']}: val PSNR {record['val_psnr']:.2f} dB "
+                              f"({record['val_psnr_gain']:+.2f} dB over the input, {record['val_images']} images)")
+            else:
+                console.print(f"step {record['step']}/{config.steps}: L1 {record['loss']:.4f} "
+                              f"lr {record['lr']:.2e} {record['steps_per_s']:.2f} it/s")
+
+        result = train_sft(config, run_dir, resume=resume is not None, device=device,
+                           provenance=provenance, on_log=report)
+    except DefocusError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]done:[/] {result.step} steps ({result.parameters} parameters), "
+                  f"checkpoint in {Path(result.run_dir) / 'checkpoint.pt'}")
+    console.print(f"export with: defocus train sft-export {result.run_dir} -o weights/sft-deblur.pt")
+
+
+@app.command("sft-export")
+def sft_export(
+    run_dir: Path = typer.Argument(..., help="a `defocus train sft` run folder"),
+    output: Path = typer.Option(..., "-o", "--output", help="weights file to write, e.g. weights/sft-deblur.pt"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing weights file"),
+) -> None:
+    """Write the run's deblurring network as fp16 weights + JSON metadata (architecture sft-deblur)."""
+    from defocus_cli.errors import DefocusError, InputError
+
+    try:
+        from defocus_cli.pipelines.train_sft import export_sft_run
+
+        if output.exists() and not overwrite:
+            raise InputError(f"{output}: exists; pass --overwrite to replace it")
+        meta = export_sft_run(run_dir, output, command=shlex.join(["defocus", *sys.argv[1:]]),
+                              git_revision=_git_revision())
+    except DefocusError as exc:
+        _fail(exc)
+        return
+    val = meta["val_metrics"]
+    summary = f"val PSNR {val['val_psnr']:.2f} dB ({val['val_psnr_gain']:+.2f} dB)" if val else "no validation metrics"
+    console.print(f"[green]wrote[/] {output} ({meta['architecture']}, {meta['parameters']} parameters, "
                   f"{meta['steps']} steps, {summary})")

@@ -4,6 +4,10 @@ A weights file is an fp16 state dict ``NAME.pt`` beside a JSON sidecar ``NAME.js
 what must travel with the weights: the architecture and its config (width, sigma_max), the input
 convention, the sha256 of the ``.pt`` file, and how the weights were made (data, command, metrics).
 
+Two architectures: "dmenet-b" (network B, the defocus map estimator; ``load_model``'s default)
+and "sft-deblur" (``models.sft.SFTDeblurNet``, map-conditioned deblurring). A caller names the
+one it expects, and a file of the other kind is a WeightsError that says so.
+
 Shipped weights live in the repository's ``weights/`` folder, installed as the package
 ``defocus_cli.weights``; the environment variable ``DEFOCUS_WEIGHTS_DIR`` points elsewhere.
 Loading checks the sha256, reads the file with ``io.torchfiles.load_torch_file`` (torch.load with
@@ -25,14 +29,24 @@ from defocus_cli.errors import WeightsError
 from defocus_cli.io.images import save_json
 from defocus_cli.io.torchfiles import load_torch_file, save_torch_file
 from defocus_cli.models.b import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE, BlurNet, BlurNetConfig
+from defocus_cli.models.sft import SFTDeblurNet, SFTNetConfig
 
 ARCHITECTURE = "dmenet-b"
+SFT_ARCHITECTURE = "sft-deblur"
+#: architecture name -> (network class, its config class)
+ARCHITECTURES: dict[str, tuple[type[torch.nn.Module], type]] = {
+    ARCHITECTURE: (BlurNet, BlurNetConfig),
+    SFT_ARCHITECTURE: (SFTDeblurNet, SFTNetConfig),
+}
 #: registry name -> file name in the weights folder. The JSON beside each file is its metadata.
-#: DEFAULT_MODEL (defocus_cli.models) names the one used when none is asked for.
+#: DEFAULT_MODEL (defocus_cli.models) names the estimator used when none is asked for;
+#: DEBLUR_MODEL the deblurring network of `defocus deblur --method network`.
 REGISTRY = {
     "dmenet-lite": "dmenet-lite.pt",
     "dmenet": "dmenet.pt",
+    "sft-deblur": "sft-deblur.pt",
 }
+DEBLUR_MODEL = "sft-deblur"
 
 
 def weights_dir() -> Path:
@@ -73,7 +87,8 @@ def resolve_weights(name_or_path: str | Path) -> Path:
     return path
 
 
-def read_metadata(pt_path: Path) -> dict[str, Any]:
+def read_metadata(pt_path: Path, architecture: str = ARCHITECTURE) -> dict[str, Any]:
+    """The JSON sidecar of ``pt_path``, checked to describe weights of ``architecture``."""
     meta_path = pt_path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
@@ -84,12 +99,39 @@ def read_metadata(pt_path: Path) -> dict[str, Any]:
     for key in ("architecture", "config", "sha256"):
         if key not in meta:
             raise WeightsError(f"{meta_path}: metadata lacks {key!r}")
-    if meta["architecture"] != ARCHITECTURE:
-        raise WeightsError(f"{meta_path}: architecture {meta['architecture']!r} is not {ARCHITECTURE!r}")
+    if meta["architecture"] != architecture:
+        kind = {ARCHITECTURE: "a defocus map estimator", SFT_ARCHITECTURE: "a deblurring network"}
+        raise WeightsError(f"{meta_path}: architecture {meta['architecture']!r} is not {architecture!r} "
+                           f"({kind.get(meta['architecture'], 'unknown')}, where {kind[architecture]} "
+                           f"is needed)")
     return meta
 
 
-def save_weights(model: BlurNet, path: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def _io_fields(model: torch.nn.Module) -> dict[str, Any]:
+    """The metadata that says how to feed the network and read its output."""
+    if isinstance(model, SFTDeblurNet):
+        cfg = model.config
+        return {
+            "input": {"image": f"RGB in [0, 1] ({'the photo' if cfg.input == 'photo' else 'the layered solver output'})",
+                      "map": "Gaussian sigma in px of the image, >= 0 (unknown filled with 0)",
+                      "size_multiple": cfg.size_multiple, "note": "padded by reflection inside the network"},
+            "output": "RGB: the input image plus the predicted residual; clip to [0, 1]",
+        }
+    return {
+        "input": {"range": "RGB in [0, 1]", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                  "size_multiple": SIZE_MULTIPLE, "note": "normalisation is applied inside the network"},
+        "output": "sigma / sigma_max (sigmoid); sigma = Gaussian blur std in px of the network's input",
+    }
+
+
+def _architecture_of(model: torch.nn.Module) -> str:
+    for name, (cls, _) in ARCHITECTURES.items():
+        if isinstance(model, cls):
+            return name
+    raise TypeError(f"save_weights: no registered architecture for {type(model).__name__}")
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``model`` as an fp16 state dict to ``path`` (.pt) and its metadata to ``path``.json.
 
     ``meta`` adds to (and may override nothing of) the architecture fields written here: pass
@@ -104,12 +146,10 @@ def save_weights(model: BlurNet, path: str | Path, meta: dict[str, Any] | None =
     save_torch_file(state, path)
     full = dict(meta or {})
     full.update({
-        "architecture": ARCHITECTURE,
+        "architecture": _architecture_of(model),
         "config": model.config.to_dict(),
         "sigma_max": model.config.sigma_max,
-        "input": {"range": "RGB in [0, 1]", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                  "size_multiple": SIZE_MULTIPLE, "note": "normalisation is applied inside the network"},
-        "output": "sigma / sigma_max (sigmoid); sigma = Gaussian blur std in px of the network's input",
+        **_io_fields(model),
         "format": "fp16 state dict, torch.save",
         "sha256": sha256_file(path),
         "defocus_version": full.get("defocus_version", __version__),
@@ -118,13 +158,17 @@ def save_weights(model: BlurNet, path: str | Path, meta: dict[str, Any] | None =
     return full
 
 
-def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[BlurNet, dict[str, Any]]:
-    """Load named or file weights -> (BlurNet in eval mode on ``device``, fp32; metadata).
+def load_model(name_or_path: str | Path, device: torch.device | str = "cpu",
+               architecture: str = ARCHITECTURE) -> tuple[Any, dict[str, Any]]:
+    """Load named or file weights -> (network in eval mode on ``device``, fp32; metadata).
+
+    architecture: what the caller expects: "dmenet-b" (a BlurNet, the default) or "sft-deblur"
+    (an SFTDeblurNet).
 
     Raises WeightsError for a missing, corrupt (sha256 mismatch, unreadable) or incompatible file.
     """
     path = resolve_weights(name_or_path)
-    meta = read_metadata(path)
+    meta = read_metadata(path, architecture)
     digest = sha256_file(path)
     if digest != meta["sha256"]:
         raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match its metadata "
@@ -133,8 +177,9 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    network, config_class = ARCHITECTURES[architecture]
     try:
-        model = BlurNet(BlurNetConfig(**meta["config"]))
+        model = network(config_class(**meta["config"]))
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{path}: metadata config {meta['config']} is invalid ({e})") from None
     own = model.state_dict()
