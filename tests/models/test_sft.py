@@ -11,14 +11,7 @@ from defocus_cli.models.sft import SFTDeblurNet, SFTLayer, SFTNetConfig, paramet
 TINY = SFTNetConfig(channels=8, cond_channels=8, blocks=3, levels=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and on a busy 2-core machine several threads wait
-    on each other (measured 40x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trained_looking(config: SFTNetConfig = TINY, seed: int = 0) -> SFTDeblurNet:
