@@ -197,6 +197,21 @@ def train(
     console.print(f"export with: defocus train export {result.run_dir} -o weights/NAME.pt")
 
 
+def _export(exporter, run_dir: Path, output: Path, overwrite: bool) -> dict | None:
+    """Run an exporter (run folder -> weights file) with the command line and git revision as
+    provenance; None after printing the error."""
+    from defocus_cli.errors import DefocusError, InputError
+
+    try:
+        if output.exists() and not overwrite:
+            raise InputError(f"{output}: exists; pass --overwrite to replace it")
+        return exporter(run_dir, output, command=shlex.join(["defocus", *sys.argv[1:]]),
+                        git_revision=_git_revision())
+    except DefocusError as exc:
+        _fail(exc)
+        return None
+
+
 @app.command("export")
 def export(
     run_dir: Path = typer.Argument(..., help="a training run folder"),
@@ -204,17 +219,10 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing weights file"),
 ) -> None:
     """Write the run's network B as fp16 weights + JSON metadata (for --weights / the registry)."""
-    from defocus_cli.errors import DefocusError, InputError
+    from defocus_cli.pipelines.train import export_run
 
-    try:
-        from defocus_cli.pipelines.train import export_run
-
-        if output.exists() and not overwrite:
-            raise InputError(f"{output}: exists; pass --overwrite to replace it")
-        meta = export_run(run_dir, output, command=shlex.join(["defocus", *sys.argv[1:]]),
-                          git_revision=_git_revision())
-    except DefocusError as exc:
-        _fail(exc)
+    meta = _export(export_run, run_dir, output, overwrite)
+    if meta is None:
         return
     val = meta["val_metrics"]
     summary = f"val MAE {val['val_mae_px']:.3f} px" if val else "no validation metrics"
@@ -309,17 +317,10 @@ def sft_export(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing weights file"),
 ) -> None:
     """Write the run's deblurring network as fp16 weights + JSON metadata (architecture sft-deblur)."""
-    from defocus_cli.errors import DefocusError, InputError
+    from defocus_cli.pipelines.train_sft import export_sft_run
 
-    try:
-        from defocus_cli.pipelines.train_sft import export_sft_run
-
-        if output.exists() and not overwrite:
-            raise InputError(f"{output}: exists; pass --overwrite to replace it")
-        meta = export_sft_run(run_dir, output, command=shlex.join(["defocus", *sys.argv[1:]]),
-                              git_revision=_git_revision())
-    except DefocusError as exc:
-        _fail(exc)
+    meta = _export(export_sft_run, run_dir, output, overwrite)
+    if meta is None:
         return
     val = meta["val_metrics"]
     summary = f"val PSNR {val['val_psnr']:.2f} dB ({val['val_psnr_gain']:+.2f} dB)" if val else "no validation metrics"
