@@ -130,7 +130,7 @@ from defocus_cli.estimator import load_estimator
 from defocus_cli.io.images import read_image, save_npy, save_png16, save_preview
 t1 = time.perf_counter()
 args = {weight_args!r}
-est = load_estimator(weights=args[1]) if args and args[0] == '--weights' else load_estimator(model=args[1] if args else 'dmenet-lite')
+est = load_estimator(weights=args[1]) if args and args[0] == '--weights' else (load_estimator(model=args[1]) if args else load_estimator())
 t2 = time.perf_counter()
 im = read_image({str(photo)!r})
 t3 = time.perf_counter()

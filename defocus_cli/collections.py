@@ -31,9 +31,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -393,27 +391,16 @@ def estimate_row(job: Job, decoded: Decoded, estimator: "Estimator", config: Col
 def write_maps(photo: Path, config: CollectionConfig, result: "EstimateResult", model: dict[str, Any],
                info: dict[str, Any]) -> None:
     """Write the files ``config.maps`` asks for, with ``photos.write_estimate``'s names, units
-    and sidecar. ``npy`` / ``png16``: the four files are written to a private folder beside
-    the outputs and only the chosen map and the sidecar moved into place (one code path for
-    every sidecar; the sidecar still gives the preview's range)."""
-    from defocus_cli.photos import output_path, write_estimate
+    and sidecar (written last: it marks a complete photo). Only the chosen map is encoded."""
+    from defocus_cli.photos import write_estimate
 
     if config.maps == "none":
         return
     output = Path(config.output).absolute() if config.output is not None else None
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)  # as photos.estimate_photo does
-    if config.maps == "all":
-        write_estimate(photo, output, result, model, info, config.refine, config.preview_max)
-        return
-    folder = output or photo.parent
-    scratch = Path(tempfile.mkdtemp(prefix=f".{photo.stem}.", dir=folder))
-    try:
-        write_estimate(photo, scratch, result, model, info, config.refine, config.preview_max)
-        for suffix in map_suffixes(config.maps):  # the sidecar last: it marks a complete photo
-            os.replace(output_path(photo, scratch, suffix), output_path(photo, output, suffix))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    files = tuple(s for s in map_suffixes(config.maps) if s != "defocus.json")
+    write_estimate(photo, output, result, model, info, config.refine, config.preview_max, files=files)
 
 
 # ---------------------------------------------------------------------------------------------

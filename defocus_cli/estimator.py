@@ -79,15 +79,96 @@ class Estimator:
                                         tile_overlap=min(config.tile_overlap, tile // 4))
 
 
+@dataclass
+class EdgeEstimator:
+    """Paper 002's edge-based estimator ("edge"), or its fusion with network B ("fused").
+
+    ``base`` (network B) makes the fused map's shape, and the map of photos with too few edges.
+    The edge networks run at their own working size (``config.working_size``); the
+    ``working_size`` of ``estimate`` is network B's (0: both at the photo's own size).
+    """
+
+    nets: Any  # defocus_cli.models.edge.EdgeNets, eval mode, on ``device``
+    meta: dict[str, Any]
+    base: Estimator
+    config: Any  # defocus_cli.pipelines.edge_estimate.EdgeConfig
+    name: str
+
+    @property
+    def device(self) -> Any:
+        return self.base.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.base.dtype
+
+    def get(self) -> "EdgeEstimator":
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        from defocus_cli.device import precision_name
+
+        return {"name": self.name, "sha256": self.meta.get("sha256"), "architecture": "edge-nets",
+                "fusion": self.config.fusion, "edge_working_size": self.config.working_size,
+                "base": self.base.describe(), "device": str(self.device),
+                "precision": precision_name(self.dtype)}
+
+    def estimate(self, rgb: "np.ndarray", working_size: int | None = None,
+                 refine: bool = True) -> "EstimateResult":
+        """The map of an (H, W, 3) float32 RGB photo in [0, 1] (see the class docstring)."""
+        from dataclasses import replace
+
+        from defocus_cli.pipelines.edge_estimate import estimate_edges
+
+        config = self.config if working_size != 0 else replace(self.config, working_size=0)
+
+        def fallback() -> "EstimateResult":
+            return self.base.estimate(rgb, working_size, refine)
+
+        base = fallback() if config.fusion != "edge" else None
+        return estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=fallback, base=base)
+
+
+def _weights_architecture(path: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(path.with_suffix(".json").read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_estimator(model: str = DEFAULT_MODEL, weights: str | Path | None = None, device: str = "auto",
-                   precision: str = "auto") -> Estimator:
+                   precision: str = "auto") -> "Estimator | EdgeEstimator":
     """Choose the device and precision, load and verify the weights.
 
-    model: a registry name (``defocus_cli.models.registry.REGISTRY``); weights: a ``.pt`` file
-    with its ``.json`` instead. device: auto | cpu | cuda | cuda:N; precision: auto | fp32 |
-    bf16 | fp16 (auto: bf16 on GPUs and AMX CPUs, fp32 elsewhere). Raises WeightsError,
-    DeviceError or InputError.
+    model: a registry name (``defocus_cli.models.registry.REGISTRY``) or a composite estimator
+    (``models.COMPOSITE_ESTIMATORS``: "edge", "fused"); weights: a ``.pt`` file with its
+    ``.json`` instead (network B, or edge networks: then the "fused" estimator). device: auto |
+    cpu | cuda | cuda:N; precision: auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs and AMX CPUs,
+    fp32 elsewhere). Raises WeightsError, DeviceError or InputError.
     """
+    from defocus_cli.models import BASE_MODEL, COMPOSITE_ESTIMATORS
+    from defocus_cli.models.registry import EDGE_ARCHITECTURE, resolve_weights
+
+    edge_source, fusion = None, None
+    if weights is not None:
+        if _weights_architecture(resolve_weights(weights)) == EDGE_ARCHITECTURE:
+            edge_source, fusion = weights, COMPOSITE_ESTIMATORS["fused"][1]
+    elif model in COMPOSITE_ESTIMATORS:
+        edge_source, fusion = COMPOSITE_ESTIMATORS[model]
+    if edge_source is not None:
+        from defocus_cli.models.registry import load_model
+        from defocus_cli.pipelines.edge_estimate import EdgeConfig
+
+        base = load_estimator(BASE_MODEL, None, device, precision)
+        nets, meta = load_model(edge_source, base.device, architecture=EDGE_ARCHITECTURE)
+        name = model if weights is None else Path(str(weights)).stem
+        return EdgeEstimator(nets, meta, base, EdgeConfig(**{**meta.get("estimator", {}), "fusion": fusion}), name)
+    return _load_network_b(model, weights, device, precision)
+
+
+def _load_network_b(model: str, weights: str | Path | None, device: str, precision: str) -> Estimator:
     import torch
 
     from defocus_cli.device import resolve_device, resolve_precision

@@ -44,6 +44,22 @@ def tiny_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_edge_weights(tmp_path_factory) -> Path:
+    """Random-init small edge networks (architecture edge-nets) saved with save_weights."""
+    import torch
+
+    from defocus_cli.models.edge import EdgeNetConfig, EdgeNets
+    from defocus_cli.models.registry import save_weights
+
+    torch.manual_seed(0)
+    model = EdgeNets(EdgeNetConfig(channels=4, hidden=16, features=8, classifier=(16, 8)))
+    path = tmp_path_factory.mktemp("edge-weights") / "edge.pt"
+    save_weights(model, path, {"training": {"note": "random init, for tests"},
+                               "estimator": {"depth_threshold": 1.01, "min_points": 10}})
+    return path
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

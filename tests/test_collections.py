@@ -163,6 +163,9 @@ def test_write_maps_selects_files_and_keeps_the_sidecar(tmp_path, tiny_estimator
         a = json.loads((tmp_path / "all" / "p.defocus.json").read_text())
         b = json.loads((tmp_path / "some" / "p.defocus.json").read_text())
         a.pop("timings_s"), b.pop("timings_s")
+        # only the chosen map is encoded, and the sidecar lists what was written
+        assert b.pop("files") == [f"p.{s}" for s in col.map_suffixes(maps) if s != "defocus.json"]
+        assert a.pop("files") == ["p.defocus.npy", "p.defocus.png", "p.defocus.preview.png"]
         assert a == b
     name = "p.defocus.npy" if maps == "npy" else None
     if name:

@@ -24,7 +24,7 @@ def test_shipped_weights_on_the_example_photo():
     Measured: MAE 1.18 px, Spearman 0.67; a constant map at the truth's median scores MAE 1.43.
     The bounds leave room for float differences between machines, not for a worse network.
     """
-    est = load_estimator(device="cpu", precision="fp32")
+    est = load_estimator("dmenet-lite", device="cpu", precision="fp32")
     sigma = est.estimate(read_image(REPO / "examples" / "scene.jpg").pixels).sigma
     truth = load_map(REPO / "examples" / "scene.truth.png")
     assert sigma.shape == truth.shape == (800, 1200)
@@ -33,6 +33,22 @@ def test_shipped_weights_on_the_example_photo():
     assert mae < 1.25, f"MAE {mae:.3f} px"
     assert mae < constant - 0.15
     assert spearman(sigma, truth) > 0.62
+
+
+def test_default_fused_estimator_on_the_example_photo():
+    """Golden figures of the default estimator (network B blended with the edge map).
+
+    Measured: MAE 1.16 px, Spearman 0.59 (network B alone: 1.185 / 0.667 on this procedural
+    scene, whose background blur of 3-6 px is beyond the edge map's reach at its working size);
+    the bounds leave room for float differences between machines."""
+    est = load_estimator(device="cpu", precision="fp32")
+    assert est.describe()["name"] == "fused"
+    result = est.estimate(read_image(REPO / "examples" / "scene.jpg").pixels)
+    truth = load_map(REPO / "examples" / "scene.truth.png")
+    mae = float(np.abs(result.sigma - truth).mean())
+    assert mae < 1.22, f"MAE {mae:.3f} px"
+    assert spearman(result.sigma, truth) > 0.55
+    assert result.info["pattern_points"] > 10_000 and "fallback" not in result.info
 
 
 def _oom_above(side: int, calls: list[tuple[int, int]]):
@@ -114,3 +130,44 @@ def test_lazy_estimator_loads_once(tiny_weights):
     assert not lazy.loaded
     first = lazy.get()
     assert lazy.loaded and lazy.get() is first and first.get() is first
+
+
+def test_edge_weights_make_the_fused_estimator(tiny_edge_weights):
+    """--weights with edge networks: network B (the registry's base) fused with the edge map;
+    the settings stored in the weights' metadata ("estimator") are used."""
+    from defocus_cli.estimator import EdgeEstimator
+
+    est = load_estimator(weights=tiny_edge_weights, device="cpu", precision="fp32")
+    assert isinstance(est, EdgeEstimator)
+    assert est.config.fusion == "blend" and est.config.depth_threshold == 1.01
+    d = est.describe()
+    assert d["architecture"] == "edge-nets" and d["base"]["name"] == "dmenet-lite" and d["sha256"]
+    rgb = read_image(REPO / "examples" / "scene.jpg").pixels
+    r = est.estimate(rgb, working_size=384)
+    assert r.sigma.shape == rgb.shape[:2] and np.isfinite(r.sigma).all() and (r.sigma >= 0).all()
+    assert r.info["pattern_points"] >= 10 and "fallback" not in r.info
+    base = est.base.estimate(rgb, 384).sigma
+    assert not np.array_equal(r.sigma, base)
+
+
+def test_registry_names_edge_and_fused(tiny_edge_weights, tmp_path, monkeypatch):
+    import shutil
+
+    from defocus_cli.errors import WeightsError
+
+    for f in ("dmenet-lite.pt", "dmenet-lite.json"):
+        shutil.copy(REPO / "weights" / f, tmp_path / f)
+    monkeypatch.setenv("DEFOCUS_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsError, match=r"edge\.pt is missing"):
+        load_estimator("fused", device="cpu")
+    for f in (tiny_edge_weights, tiny_edge_weights.with_suffix(".json")):
+        shutil.copy(f, tmp_path / f.name)
+    edge = load_estimator("edge", device="cpu", precision="fp32")
+    fused = load_estimator("fused", device="cpu", precision="fp32")
+    assert (edge.name, edge.config.fusion) == ("edge", "edge")
+    assert (fused.name, fused.config.fusion) == ("fused", "blend")
+    # a flat photo has no edges: both fall back to network B's map, and say so
+    flat = np.full((120, 160, 3), 0.5, np.float32)
+    r = edge.estimate(flat, working_size=0)
+    assert "fallback" in r.info
+    np.testing.assert_array_equal(r.sigma, edge.base.estimate(flat, 0).sigma)

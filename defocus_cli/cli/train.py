@@ -326,3 +326,7 @@ def sft_export(
     summary = f"val PSNR {val['val_psnr']:.2f} dB ({val['val_psnr_gain']:+.2f} dB)" if val else "no validation metrics"
     console.print(f"[green]wrote[/] {output} ({meta['architecture']}, {meta['parameters']} parameters, "
                   f"{meta['steps']} steps, {summary})")
+
+
+# the edge networks of paper 002 register their commands on this app
+from defocus_cli.cli import train_edge as _train_edge  # noqa: E402,F401

@@ -4,9 +4,10 @@ A weights file is an fp16 state dict ``NAME.pt`` beside a JSON sidecar ``NAME.js
 what must travel with the weights: the architecture and its config (width, sigma_max), the input
 convention, the sha256 of the ``.pt`` file, and how the weights were made (data, command, metrics).
 
-Two architectures: "dmenet-b" (network B, the defocus map estimator; ``load_model``'s default)
-and "sft-deblur" (``models.sft.SFTDeblurNet``, map-conditioned deblurring). A caller names the
-one it expects, and a file of the other kind is a WeightsError that says so.
+Three architectures: "dmenet-b" (network B, the defocus map estimator; ``load_model``'s
+default), "sft-deblur" (``models.sft.SFTDeblurNet``, map-conditioned deblurring) and "edge-nets"
+(``models.edge.EdgeNets``, B-NET and E-NET of the edge-based estimator). A caller names the one
+it expects, and a file of another kind is a WeightsError that says so.
 
 Shipped weights live in the repository's ``weights/`` folder, installed as the package
 ``defocus_cli.weights``; the environment variable ``DEFOCUS_WEIGHTS_DIR`` points elsewhere.
@@ -29,14 +30,17 @@ from defocus_cli.errors import WeightsError
 from defocus_cli.io.images import save_json
 from defocus_cli.io.torchfiles import load_torch_file, save_torch_file
 from defocus_cli.models.b import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE, BlurNet, BlurNetConfig
+from defocus_cli.models.edge import EdgeNetConfig, EdgeNets
 from defocus_cli.models.sft import SFTDeblurNet, SFTNetConfig
 
 ARCHITECTURE = "dmenet-b"
 SFT_ARCHITECTURE = "sft-deblur"
+EDGE_ARCHITECTURE = "edge-nets"
 #: architecture name -> (network class, its config class)
 ARCHITECTURES: dict[str, tuple[type[torch.nn.Module], type]] = {
     ARCHITECTURE: (BlurNet, BlurNetConfig),
     SFT_ARCHITECTURE: (SFTDeblurNet, SFTNetConfig),
+    EDGE_ARCHITECTURE: (EdgeNets, EdgeNetConfig),
 }
 #: registry name -> file name in the weights folder. The JSON beside each file is its metadata.
 #: DEFAULT_MODEL (defocus_cli.models) names the estimator used when none is asked for;
@@ -45,6 +49,7 @@ REGISTRY = {
     "dmenet-lite": "dmenet-lite.pt",
     "dmenet": "dmenet.pt",
     "sft-deblur": "sft-deblur.pt",
+    "edge": "edge.pt",
 }
 DEBLUR_MODEL = "sft-deblur"
 
@@ -100,7 +105,8 @@ def read_metadata(pt_path: Path, architecture: str = ARCHITECTURE) -> dict[str, 
         if key not in meta:
             raise WeightsError(f"{meta_path}: metadata lacks {key!r}")
     if meta["architecture"] != architecture:
-        kind = {ARCHITECTURE: "a defocus map estimator", SFT_ARCHITECTURE: "a deblurring network"}
+        kind = {ARCHITECTURE: "a defocus map estimator", SFT_ARCHITECTURE: "a deblurring network",
+                EDGE_ARCHITECTURE: "the edge networks of the edge-based estimator"}
         raise WeightsError(f"{meta_path}: architecture {meta['architecture']!r} is not {architecture!r} "
                            f"({kind.get(meta['architecture'], 'unknown')}, where {kind[architecture]} "
                            f"is needed)")
@@ -109,6 +115,14 @@ def read_metadata(pt_path: Path, architecture: str = ARCHITECTURE) -> dict[str, 
 
 def _io_fields(model: torch.nn.Module) -> dict[str, Any]:
     """The metadata that says how to feed the network and read its output."""
+    if isinstance(model, EdgeNets):
+        cfg = model.config
+        return {
+            "input": {"image": "RGB in [0, 1]; patch form (N, 3, 41, 41) or dense form (1, 3, H, W)"},
+            "output": {"blur": f"logits over sigma levels 0, {cfg.sigma_step}, ..., {cfg.sigma_max} px "
+                               "(Gaussian sigma of the input; expectation of the softmax)",
+                       "edge": "logits (pattern edge, depth edge)"},
+        }
     if isinstance(model, SFTDeblurNet):
         cfg = model.config
         return {

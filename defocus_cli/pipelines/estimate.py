@@ -61,6 +61,8 @@ class EstimateResult:
     scale: float  # working / full resolution (<= 1)
     working_size: tuple[int, int]  # (width, height) the network saw
     timings: dict[str, float] = field(default_factory=dict)
+    #: what the estimator wants recorded beside the map (e.g. a fallback it took), JSON values
+    info: dict = field(default_factory=dict)
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
@@ -191,6 +193,18 @@ def refine_upsample(sigma_work: np.ndarray, work_rgb: np.ndarray, full_rgb: np.n
     return np.maximum(up, 0).astype(np.float32)
 
 
+def working_image(rgb: np.ndarray, working_size: int | None) -> tuple[np.ndarray, float]:
+    """The photo reduced to long side ``working_size`` (INTER_AREA; never enlarged; None or 0:
+    as it is) -> (image, scale = working / full)."""
+    H, W = rgb.shape[:2]
+    long_side = max(H, W)
+    scale = min(1.0, (working_size or long_side) / long_side)
+    if scale >= 1.0:
+        return rgb, 1.0
+    w, h = max(1, round(W * scale)), max(1, round(H * scale))
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA), max(w, h) / long_side
+
+
 def estimate_defocus(rgb: np.ndarray, model: BlurNet, meta: dict | None = None,
                      config: EstimateConfig = EstimateConfig(),
                      dtype: torch.dtype | None = None) -> EstimateResult:
@@ -202,18 +216,9 @@ def estimate_defocus(rgb: np.ndarray, model: BlurNet, meta: dict | None = None,
     """
     _check_rgb(rgb)
     sigma_max = float((meta or {}).get("sigma_max", model.config.sigma_max))
-    H, W = rgb.shape[:2]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    long_side = max(H, W)
-    target = config.working_size or long_side
-    scale = min(1.0, target / long_side)
-    if scale < 1.0:
-        w, h = max(1, round(W * scale)), max(1, round(H * scale))
-        work = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-        scale = max(w, h) / long_side
-    else:
-        work = rgb
+    work, scale = working_image(rgb, config.working_size)
     timings["resize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

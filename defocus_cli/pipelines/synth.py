@@ -438,6 +438,35 @@ def _load_rgbd(spec: SampleSpec, config: SynthConfig) -> tuple[np.ndarray, np.nd
     return np.ascontiguousarray(rgb, dtype=np.float32), depth, info
 
 
+def render_camera(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator, c_max: float = C_MAX,
+                  max_layers: int = MAX_LAYERS, depth_percentiles: tuple[float, float] = (0.5, 99.5)
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The paper's random camera on one RGB-D scene, rendered layer by layer.
+
+    rgb (H, W, 3) float32 in [0, 1]; depth (H, W) in any unit that grows with distance, NaN
+    where unknown. x_near / x_far are ``depth_percentiles`` of the valid depth (depth is
+    clipped to them); S1 ~ U[x_near, x_far], alpha ~ U[0, alpha_up] (Eq. 2 with ``c_max``).
+    -> (render (H, W, 3) float32, sigma (H, W) float32 px with NaN where depth was unknown,
+    {"S1", "alpha", "alpha_up", "x_near", "x_far", "layers"}).
+    """
+    valid = np.isfinite(depth)
+    x_near, x_far = (float(v) for v in np.percentile(depth[valid], depth_percentiles))
+    filled = np.clip(_fill_invalid(depth), x_near, x_far)
+    focus = float(rng.uniform(x_near, x_far))
+    if x_far > x_near:
+        alpha_up = float(alpha_upper_bound(x_near, x_far, focus, c_max))
+        alpha = float(rng.uniform(0.0, alpha_up))
+    else:  # a flat scene: every depth is in focus whatever the aperture
+        alpha_up, alpha = 0.0, 0.0
+    signed = signed_sigma_from_depth(filled, focus, alpha)
+    layers = layers_from_signed_sigma(signed, max_layers=max_layers)
+    out = render_layers(rgb, layers)
+    sigma = np.abs(signed).astype(np.float32)
+    sigma[~valid] = np.nan
+    return out, sigma, {"S1": focus, "alpha": alpha, "alpha_up": alpha_up, "x_near": x_near,
+                        "x_far": x_far, "layers": layers.count}
+
+
 def render_sample(spec: SampleSpec, config: SynthConfig, textures: tuple[Path, ...] | None):
     """-> (image (H, W, 3) uint8, sigma (H, W) float32 with NaN, mask (H, W) uint8, record,
     sharp (H, W, 3) uint8: the all-in-focus scene the image was rendered from)."""
@@ -448,24 +477,12 @@ def render_sample(spec: SampleSpec, config: SynthConfig, textures: tuple[Path, .
         info = {"procedural": info, "depth_unit": "m"}
     else:
         rgb, depth, info = _load_rgbd(spec, config)
-    valid = np.isfinite(depth)
-    values = depth[valid]
-    x_near, x_far = (float(v) for v in np.percentile(values, config.depth_percentiles))
-    filled = np.clip(_fill_invalid(depth), x_near, x_far)
-
-    # the paper's camera: S1 ~ U[x_near, x_far], alpha ~ U[0, alpha_up] (Eq. 2)
-    focus = float(rng.uniform(x_near, x_far))
-    if x_far > x_near:
-        alpha_up = float(alpha_upper_bound(x_near, x_far, focus, config.c_max))
-        alpha = float(rng.uniform(0.0, alpha_up))
-    else:  # a flat scene: every depth is in focus whatever the aperture
-        alpha_up, alpha = 0.0, 0.0
-    signed = signed_sigma_from_depth(filled, focus, alpha)
-    layers = layers_from_signed_sigma(signed, max_layers=config.max_layers)
-    out = render_layers(rgb, layers)
+    out, sigma, camera = render_camera(rgb, depth, rng, config.c_max, config.max_layers,
+                                       config.depth_percentiles)
+    focus, alpha, alpha_up = camera["S1"], camera["alpha"], camera["alpha_up"]
+    x_near, x_far, layer_count = camera["x_near"], camera["x_far"], camera["layers"]
+    valid = np.isfinite(sigma)
     image = np.round(out * 255.0).astype(np.uint8)
-    sigma = np.abs(signed)
-    sigma[~valid] = np.nan
     mask = blur_mask(sigma, config.mask_threshold)
     h, w = sigma.shape
     record = {
@@ -485,7 +502,7 @@ def render_sample(spec: SampleSpec, config: SynthConfig, textures: tuple[Path, .
         "c_max": config.c_max,
         "x_near": x_near,
         "x_far": x_far,
-        "layers": layers.count,
+        "layers": layer_count,
         "sigma_max": float(np.nanmax(sigma)),
         "sigma_mean": float(np.nanmean(sigma)),
         "blurred_fraction": float((mask > 0).mean()),

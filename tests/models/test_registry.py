@@ -85,6 +85,14 @@ def test_shipped_default_weights_load_from_the_package(monkeypatch):
     monkeypatch.delenv("DEFOCUS_WEIGHTS_DIR", raising=False)
     folder = registry.weights_dir()
     assert type(folder).__name__ in ("PosixPath", "WindowsPath"), folder  # a real folder
-    model, meta = load_model(DEFAULT_MODEL)
-    assert meta["name"] == DEFAULT_MODEL and meta["sigma_max"] == 7.0
+    # the default estimator is composite: network B's weights and the edge networks' weights
+    from defocus_cli.models import BASE_MODEL, COMPOSITE_ESTIMATORS
+
+    edge_name, _ = COMPOSITE_ESTIMATORS[DEFAULT_MODEL]
+    model, meta = load_model(BASE_MODEL)
+    assert meta["name"] == BASE_MODEL and meta["sigma_max"] == 7.0
     assert "train_command" in meta and meta["sha256"] == registry.sha256_file(folder / "dmenet-lite.pt")
+    nets, edge_meta = load_model(edge_name, architecture=registry.EDGE_ARCHITECTURE)
+    assert edge_meta["sha256"] == registry.sha256_file(folder / "edge.pt")
+    assert edge_meta["edge_stage"]["train_command"].startswith("defocus train edge")
+    assert type(nets).__name__ == "EdgeNets"
