@@ -101,10 +101,15 @@ def is_estimated(origin: dict[str, Any]) -> bool:
 
 
 def deblur_margin(origin: dict[str, Any], margin: float | None = None) -> float:
-    """px subtracted from a map before deblurring: ``margin`` when given, else
-    pipelines.deblur.ESTIMATED_MAP_MARGIN for maps a network made and 0 for others."""
-    from defocus_cli.pipelines.deblur import ESTIMATED_MAP_MARGIN
+    """px subtracted from a map before deblurring: ``margin`` when given, else the margin of
+    the estimator that made it (pipelines.deblur.estimated_map_margin) and 0 for maps no
+    estimator made."""
+    from defocus_cli.pipelines.deblur import estimated_map_margin
 
     if margin is not None:
         return float(margin)
-    return ESTIMATED_MAP_MARGIN if is_estimated(origin) else 0.0
+    if not is_estimated(origin):
+        return 0.0
+    model = origin.get("model")
+    name = model.get("name") if isinstance(model, dict) else origin.get("estimated_by")
+    return estimated_map_margin(name)

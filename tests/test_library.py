@@ -96,6 +96,11 @@ def test_check_map_source(tmp_path):
 def test_deblur_margin_policy():
     assert deblur_margin({"source": "estimated"}) == ESTIMATED_MAP_MARGIN > 0
     assert deblur_margin({"source": "m.npy", "estimated_by": "x"}) == ESTIMATED_MAP_MARGIN
+    # each estimator's own margin: network B's maps are biased up more than the fused ones
+    assert deblur_margin({"source": "estimated", "model": {"name": "dmenet-lite"}}) == ESTIMATED_MAP_MARGIN
+    assert deblur_margin({"source": "estimated", "model": {"name": "fused"}}) == 0.25
+    assert deblur_margin({"source": "m.npy", "estimated_by": "edge"}) == 0.25
+    assert deblur_margin({"source": "estimated", "model": {"name": "fused"}}, margin=0.1) == 0.1
     assert deblur_margin({"source": "m.npy"}) == 0.0
     assert deblur_margin({"source": "estimated"}, 0.25) == 0.25
     assert deblur_margin({"source": "m.npy"}, 0.0) == 0.0

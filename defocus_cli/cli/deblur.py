@@ -32,9 +32,10 @@ def deblur(
         "--sharp", help="Pixels blurred by at most this sigma (px) keep the input.")] = 0.5,
     margin: Annotated[Optional[float], typer.Option(
         "--margin", help="px subtracted from the map before deblurring (too large a sigma rings, "
-                         "too small only sharpens less). Default: 0.625 for estimated maps (their "
-                         "measured error on real photos), also a --map whose JSON sidecar from "
-                         "`defocus estimate` names the model; 0 for other maps.")] = None,
+                         "too small only sharpens less). Default for estimated maps, also a --map whose JSON "
+                         "sidecar from `defocus estimate` names the model: the estimator's margin, chosen "
+                         "on real photos (0.25 for fused and edge, 0.625 for dmenet-lite); 0 for other "
+                         "maps.")] = None,
     channels: Annotated[str, typer.Option(
         "--channels", help="luma: deconvolve brightness only (default; 3x faster, as good on "
                            "JPEG photos); rgb: each colour channel.")] = "luma",

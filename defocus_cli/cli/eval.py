@@ -74,7 +74,7 @@ def run(
     deblur: Annotated[bool, typer.Option(
         "--deblur", help="Also deblur each photo with its estimated map and measure PSNR/SSIM against "
                          "sharp/ (deblurring pairs), with the gain over the input. Deblurs as `defocus "
-                         "deblur` does with an estimated map (its defaults, --margin 0.625).")] = False,
+                         "deblur` does with an estimated map (its defaults: the estimator's margin).")] = False,
     radius_table: Annotated[Optional[Path], typer.Option(
         "--radius-table", help="CSV gaussian_sigma_px,disk_radius_px for datasets with disk-radius labels "
                                "(radius/), e.g. ../shared/data/tables/rtf_sigma_to_disk_radius.csv.")] = None,
@@ -112,13 +112,15 @@ def run(
     def estimate(rgb):
         return estimator.estimate(rgb, working_size, refine=not no_refine).sigma
 
+    # an estimated map's origin, as `defocus deblur` records it: the estimator decides the margin
+    origin = {**ESTIMATED, "model": estimator.describe()}
     deblur_fn = None
     if deblur:
         from defocus_cli.photos import deblur_pixels
         from defocus_cli.pipelines.deblur import DeblurConfig
 
         def deblur_fn(rgb, sigma):  # what `defocus deblur` runs on an estimated map, on its device
-            return deblur_pixels(rgb, sigma, ESTIMATED, DeblurConfig(), device=estimator.device)[0].image
+            return deblur_pixels(rgb, sigma, origin, DeblurConfig(), device=estimator.device)[0].image
 
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]defocus eval"), BarColumn(), MofNCompleteColumn(),
@@ -143,7 +145,7 @@ def run(
     if deblur:
         from defocus_cli.maps import deblur_margin
 
-        result["deblur"]["map_margin_px"] = deblur_margin(ESTIMATED)
+        result["deblur"]["map_margin_px"] = deblur_margin(origin)
         result["deblur"]["device"] = str(estimator.device)
     result["seconds"] = elapsed
     _print_report(result, per_image)

@@ -52,6 +52,15 @@ from defocus_cli.ops.deconv import (
 #: scenes by the `defocus eval --deblur` protocol as the margin with the best mean PSNR change
 #: whose worst scene stays near 0 dB (the table: benchmarks/README.md, "deblur margin").
 ESTIMATED_MAP_MARGIN = 0.625
+#: the same choice per estimator that measured a different one (`python
+#: benchmarks/bench_deblur_margin.py --split val --model NAME`): the edge map and the fused map
+#: are less biased than network B's (0.625 above is network B's, dmenet-lite)
+ESTIMATOR_MARGINS = {"fused": 0.25, "edge": 0.25}
+
+
+def estimated_map_margin(estimator: str | None) -> float:
+    """px subtracted from a map that the named estimator made (unknown names: the default)."""
+    return ESTIMATOR_MARGINS.get(str(estimator), ESTIMATED_MAP_MARGIN)
 
 
 @dataclass(frozen=True)
