@@ -125,8 +125,17 @@ class EdgeEstimator:
         def fallback() -> "EstimateResult":
             return self.base.estimate(rgb, working_size, refine)
 
-        base = fallback() if config.fusion != "edge" else None
-        return estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=fallback, base=base)
+        if config.fusion == "edge":
+            return estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=fallback)
+        # in the blend, network B's share is smooth next to the guided edge map: its own guided
+        # up-sampling (0.5 s at 12 MP) would change little, so it is up-sampled bilinearly; a
+        # photo that falls back to network B gets B's refined map
+        base = self.base.estimate(rgb, working_size, refine=False) if config.fusion == "blend" else fallback()
+        result = estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=fallback, base=base)
+        if "fallback" in result.info and base is not None and config.fusion == "blend" and refine:
+            refined = fallback()
+            result.sigma, result.timings = refined.sigma, {**result.timings, **refined.timings}
+        return result
 
 
 def _weights_architecture(path: Path) -> str | None:
