@@ -35,14 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from defocus_cli.device import resolve_device
-from defocus_cli.errors import InputError, ProcessingError, WeightsError
-from defocus_cli.io.images import atomic_write
-from defocus_cli.io.torchfiles import load_torch_file, save_torch_file
+from defocus_cli.errors import InputError, ProcessingError
 from defocus_cli.models.edge import DEPTH, PATTERN, EdgeNetConfig, EdgeNets, parameter_count, soft_targets
+from defocus_cli.pipelines import runfolder
 from defocus_cli.pipelines.edge_data import SOURCES, PatchSet, read_edge_data_record
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 KIND = "edge-nets"
 CHECKPOINT_FORMAT = 1
 STAGES = ("blur", "edge")
@@ -201,19 +198,8 @@ def validate(model: EdgeNets, patches: PatchSet, stage: str, limit: int, device:
 # run folder
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-
-
 def load_edge_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise InputError(f"{path}: no checkpoint in this run folder")
-    ckpt = load_torch_file(path, "training checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{path}: not a checkpoint of `defocus train edge` (format {CHECKPOINT_FORMAT})")
-    return ckpt
+    return runfolder.load_checkpoint(run_dir, KIND, CHECKPOINT_FORMAT, "defocus train edge")
 
 
 def load_edge_run_config(run_dir: str | Path) -> EdgeTrainConfig:
@@ -277,25 +263,18 @@ def train_edge(config: EdgeTrainConfig, run_dir: str | Path, *, resume: bool = F
         optimizer.load_state_dict(ckpt["optimizer"])
         step, val = int(ckpt["step"]), json.loads(ckpt["val"])
         info["provenance"] = {**json.loads(ckpt["info"])["provenance"], "resumed": provenance or {}}
-        path = run_dir / METRICS
-        if path.is_file():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-            _write_text(path, "".join(ln + "\n" for ln in keep))
+        runfolder.drop_metrics_after(run_dir, step)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / CHECKPOINT).exists():
-            raise InputError(f"{run_dir}: holds a run already; --resume {run_dir} continues it")
-        _write_text(run_dir / "config.json", json.dumps({"config": config.to_dict(), **info}, indent=1))
+        runfolder.start(run_dir, config.to_dict(), info)
 
     def checkpoint() -> None:
-        save_torch_file({"format": CHECKPOINT_FORMAT, "kind": KIND, "stage": config.stage, "step": step,
+        runfolder.save_checkpoint(run_dir, {"format": CHECKPOINT_FORMAT, "kind": KIND, "stage": config.stage, "step": step,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "config": json.dumps(config.to_dict()), "info": json.dumps(info),
-                         "val": json.dumps(val)}, run_dir / CHECKPOINT)
+                         "val": json.dumps(val)})
 
     def log(record: dict[str, Any]) -> None:
-        with open(run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        runfolder.append_metrics(run_dir, record)
         if on_log is not None:
             on_log(record)
 

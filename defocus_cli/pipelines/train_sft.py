@@ -44,16 +44,14 @@ import numpy as np
 import torch
 
 from defocus_cli.device import resolve_device
-from defocus_cli.errors import InputError, ProcessingError, WeightsError
-from defocus_cli.io.datasets import read_jsonl, read_manifest
-from defocus_cli.io.images import atomic_write, load_map, read_image
-from defocus_cli.io.torchfiles import load_torch_file, save_torch_file
+from defocus_cli.errors import InputError, ProcessingError
+from defocus_cli.io.datasets import read_manifest
+from defocus_cli.io.images import load_map, read_image
 from defocus_cli.models.sft import SFTDeblurNet, SFTNetConfig, parameter_count
+from defocus_cli.pipelines import runfolder
 from defocus_cli.pipelines.deblur_net import deblur_with_network
 from defocus_cli.pipelines.train_data import augment
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 KIND = "sft-deblur"
 CHECKPOINT_FORMAT = 1
 
@@ -261,32 +259,13 @@ def validate(model: SFTDeblurNet, pairs: PairSet, device: torch.device, limit: i
 # the run folder
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-
-
 def load_sft_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise InputError(f"{path}: no checkpoint in this run folder (was it started with -o {run_dir}?)")
-    ckpt = load_torch_file(path, "training checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{path}: not a checkpoint of `defocus train sft` (format {CHECKPOINT_FORMAT})")
-    return ckpt
+    return runfolder.load_checkpoint(run_dir, KIND, CHECKPOINT_FORMAT, "defocus train sft")
 
 
 def load_sft_run_config(run_dir: str | Path) -> SFTTrainConfig:
     """The config a run was started with (from its checkpoint): resuming keeps its architecture."""
     return SFTTrainConfig.from_dict(json.loads(load_sft_checkpoint(run_dir)["config"]))
-
-
-def _drop_metrics_after(run_dir: Path, step: int) -> None:
-    """A killed run logged past its last checkpoint; those steps are redone."""
-    path = run_dir / METRICS
-    if path.is_file():
-        keep = [r for r in read_jsonl(path, log=True) if r.get("step", 0) <= step]
-        _write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 @dataclass
@@ -331,22 +310,18 @@ def train_sft(config: SFTTrainConfig, run_dir: str | Path, *, resume: bool = Fal
         optimizer.load_state_dict(ckpt["optimizer"])
         step, val = int(ckpt["step"]), json.loads(ckpt["val"])
         info["provenance"] = {**json.loads(ckpt["info"])["provenance"], "resumed": provenance or {}}
-        _drop_metrics_after(run_dir, step)
+        runfolder.drop_metrics_after(run_dir, step)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / CHECKPOINT).exists():
-            raise InputError(f"{run_dir}: holds a run already; --resume {run_dir} continues it")
-        _write_text(run_dir / "config.json", json.dumps({"config": config.to_dict(), **info}, indent=1))
+        runfolder.start(run_dir, config.to_dict(), info)
 
     def checkpoint() -> None:
-        save_torch_file({"format": CHECKPOINT_FORMAT, "kind": KIND, "step": step,
+        runfolder.save_checkpoint(run_dir, {"format": CHECKPOINT_FORMAT, "kind": KIND, "step": step,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "config": json.dumps(config.to_dict()), "info": json.dumps(info),
-                         "val": json.dumps(val)}, run_dir / CHECKPOINT)
+                         "val": json.dumps(val)})
 
     def log(record: dict[str, Any]) -> None:
-        with open(run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        runfolder.append_metrics(run_dir, record)
         if on_log is not None:
             on_log(record)
 

@@ -1,0 +1,65 @@
+"""The run folder of the small training pipelines (`train sft`, `train edge`): one home for
+its files and the rules they follow.
+
+RUN_DIR/checkpoint.pt   written atomically; {"format", "kind", "step", "model", "optimizer",
+                        "config" (JSON), "info" (JSON), "val" (JSON), ...}
+RUN_DIR/metrics.jsonl   one JSON record per line, appended; a resumed run first drops the
+                        records past its checkpoint (a killed run logged steps it will redo)
+RUN_DIR/config.json     the config and provenance, for people to read
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from defocus_cli.errors import InputError, WeightsError
+from defocus_cli.io.datasets import read_jsonl
+from defocus_cli.io.images import atomic_write
+from defocus_cli.io.torchfiles import load_torch_file, save_torch_file
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
+def load_checkpoint(run_dir: str | Path, kind: str, fmt: int, command: str) -> dict[str, Any]:
+    """RUN_DIR/checkpoint.pt, checked to be a ``kind`` checkpoint of format ``fmt`` (``command``
+    names what writes them, for the error)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise InputError(f"{path}: no checkpoint in this run folder (was it started with -o {run_dir}?)")
+    ckpt = load_torch_file(path, "training checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind or ckpt.get("format") != fmt:
+        raise WeightsError(f"{path}: not a checkpoint of `{command}` (format {fmt})")
+    return ckpt
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    save_torch_file(state, run_dir / CHECKPOINT)
+
+
+def start(run_dir: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
+    """A new run: the folder, and config.json; a folder that holds a run already is refused."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / CHECKPOINT).exists():
+        raise InputError(f"{run_dir}: holds a run already; --resume {run_dir} continues it")
+    write_text(run_dir / "config.json", json.dumps({"config": config, **info}, indent=1))
+
+
+def drop_metrics_after(run_dir: Path, step: int) -> None:
+    """A killed run logged past its last checkpoint; those steps are redone."""
+    path = run_dir / METRICS
+    if path.is_file():
+        keep = [r for r in read_jsonl(path, log=True) if r.get("step", 0) <= step]
+        write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
