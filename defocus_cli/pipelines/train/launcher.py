@@ -109,8 +109,14 @@ def _run_rank(config: TrainConfig, run_dir: Path, place: Dist, gpus: int, thread
     if place.active:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return train(config, run_dir, device=device, dist_ctx=place, resume=resume,
-                     provenance=provenance, on_event=on_event)
+        result = train(config, run_dir, device=device, dist_ctx=place, resume=resume,
+                       provenance=provenance, on_event=on_event)
+        if place.active:
+            # every rank done before any tears the group down: a gloo peer that closes its
+            # connections while another still finishes a collective aborts that process
+            # ("terminate called without an active exception", seen once in CI)
+            dist.barrier()
+        return result
     finally:
         if place.active and dist.is_initialized():
             dist.destroy_process_group()
