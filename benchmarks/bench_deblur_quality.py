@@ -91,7 +91,9 @@ def dataset(rows: list[dict], part: str, root: Path, est, true_maps: bool, split
             raise SystemExit(f"{root}: no sharp/ photos (rebuild it with `defocus synth`, which writes them)")
         y = read_image(sample.image).pixels
         sharp = read_image(sample.sharp).pixels
-        kinds = [("estimated", _estimated(est, y, part, sample.name), {"source": "estimated"})]
+        # the estimator's own margin applies, as in `defocus deblur` (maps.deblur_margin)
+        kinds = [("estimated", _estimated(est, y, part, sample.name),
+                  {"source": "estimated", "model": {"name": est.describe()["name"]}})]
         if true_maps:
             kinds.insert(0, ("true", np.nan_to_num(load_map(sample.sigma)), {"source": "true"}))
         for kind, sigma, origin in kinds:
@@ -149,7 +151,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--network", help="add a column: this deblurring network (registry name or .pt)")
     ap.add_argument("--network-margin", type=float, help="px taken off the map for the network "
-                    "(default: the CLI's policy, 0.625 for estimated maps, 0 for true ones)")
+                    "(default: the CLI's policy, the estimator's margin for estimated maps, 0 for true ones)")
     ap.add_argument("--methods", help="comma list of the solver columns to run: lam300, adaptive "
                     "(default: both)")
     ap.add_argument("--split", default="test", help="split of the synthetic and real sets (val: to "
