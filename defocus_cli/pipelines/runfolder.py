@@ -11,10 +11,13 @@ RUN_DIR/config.json     the config and provenance, for people to read
 from __future__ import annotations
 
 import json
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from defocus_cli.errors import InputError, WeightsError
+from defocus_cli.errors import InputError, ProcessingError, WeightsError
 from defocus_cli.io.datasets import read_jsonl
 from defocus_cli.io.images import atomic_write
 from defocus_cli.io.torchfiles import load_torch_file, save_torch_file
@@ -63,3 +66,43 @@ def drop_metrics_after(run_dir: Path, step: int) -> None:
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def run_steps(run_dir: Path, optimizer, *, step: int, steps: int, learning_rate: Callable[[int], float],
+              train_step: Callable[[int], Any], validate: Callable[[], dict[str, Any]],
+              checkpoint: Callable[[int, dict[str, Any]], None], log_every: int, val_every: int,
+              ckpt_every: int, val: dict[str, Any], on_log: Callable[[dict[str, Any]], None] | None = None
+              ) -> tuple[int, dict[str, Any]]:
+    """The loop of a run from ``step`` to ``steps``: the learning rate of each step, one
+    optimiser step (``train_step(step)`` returns its loss on the device), and at their intervals
+    (and at the last step) a metrics record (the mean loss, read back from the device only
+    here), a validation record, a checkpoint. -> (last step, last validation figures)."""
+    import torch
+
+    def log(record: dict[str, Any]) -> None:
+        append_metrics(run_dir, record)
+        if on_log is not None:
+            on_log(record)
+
+    losses: list[Any] = []
+    t_log = time.perf_counter()
+    while step < steps:
+        lr = learning_rate(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses.append(train_step(step))
+        step += 1
+        if step % log_every == 0 or step == steps:
+            loss = float(torch.stack(losses).mean())
+            if not math.isfinite(loss):
+                raise ProcessingError(f"{run_dir}: the loss is {loss} at step {step}; lower --lr")
+            now = time.perf_counter()
+            log({"step": step, "loss": loss, "lr": lr, "steps_per_s": len(losses) / (now - t_log)})
+            losses, t_log = [], now
+        if step % val_every == 0 or step == steps:
+            val = validate()
+            log({"kind": "val", "step": step, **val})
+            t_log = time.perf_counter()
+        if step % ckpt_every == 0 or step == steps:
+            checkpoint(step, val)
+    return step, val

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from defocus_cli.device import resolve_device
-from defocus_cli.errors import InputError, ProcessingError
+from defocus_cli.errors import InputError
 from defocus_cli.models.edge import DEPTH, PATTERN, EdgeNetConfig, EdgeNets, parameter_count, soft_targets
 from defocus_cli.pipelines import runfolder
 from defocus_cli.pipelines.edge_data import SOURCES, PatchSet, read_edge_data_record
@@ -267,43 +266,26 @@ def train_edge(config: EdgeTrainConfig, run_dir: str | Path, *, resume: bool = F
     else:
         runfolder.start(run_dir, config.to_dict(), info)
 
-    def checkpoint() -> None:
-        runfolder.save_checkpoint(run_dir, {"format": CHECKPOINT_FORMAT, "kind": KIND, "stage": config.stage, "step": step,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "config": json.dumps(config.to_dict()), "info": json.dumps(info),
-                         "val": json.dumps(val)})
+    def checkpoint(step: int, val: dict[str, Any]) -> None:
+        runfolder.save_checkpoint(run_dir, {"format": CHECKPOINT_FORMAT, "kind": KIND, "stage": config.stage,
+                                            "step": step, "model": model.state_dict(),
+                                            "optimizer": optimizer.state_dict(),
+                                            "config": json.dumps(config.to_dict()), "info": json.dumps(info),
+                                            "val": json.dumps(val)})
 
-    def log(record: dict[str, Any]) -> None:
-        runfolder.append_metrics(run_dir, record)
-        if on_log is not None:
-            on_log(record)
-
-    losses: list[torch.Tensor] = []
-    t_log = time.perf_counter()
-    while step < config.steps:
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def one_step(step: int) -> torch.Tensor:
         batch = {k: v.to(dev, non_blocking=True) for k, v in make_batch(train_set, pools, config, step).items()}
         loss = loss_of(model, batch, config.stage)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.detach())
-        step += 1
-        if step % config.log_every == 0 or step == config.steps:
-            mean = float(torch.stack(losses).mean())
-            if not math.isfinite(mean):
-                raise ProcessingError(f"{run_dir}: the loss is {mean} at step {step}; lower --lr")
-            now = time.perf_counter()
-            log({"step": step, "loss": mean, "lr": lr, "steps_per_s": len(losses) / (now - t_log)})
-            losses, t_log = [], now
-        if step % config.val_every == 0 or step == config.steps:
-            val = validate(model, val_set, config.stage, config.val_max, dev)
-            log({"kind": "val", "step": step, **val})
-            t_log = time.perf_counter()
-        if step % config.ckpt_every == 0 or step == config.steps:
-            checkpoint()
+        return loss.detach()
+
+    step, val = runfolder.run_steps(
+        run_dir, optimizer, step=step, steps=config.steps, learning_rate=lambda s: learning_rate(config, s),
+        train_step=one_step, validate=lambda: validate(model, val_set, config.stage, config.val_max, dev),
+        checkpoint=checkpoint, log_every=config.log_every, val_every=config.val_every,
+        ckpt_every=config.ckpt_every, val=val, on_log=on_log)
     return EdgeTrainResult(run_dir, step, val, parameter_count(model))
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,38 +313,18 @@ def train_sft(config: SFTTrainConfig, run_dir: str | Path, *, resume: bool = Fal
     else:
         runfolder.start(run_dir, config.to_dict(), info)
 
-    def checkpoint() -> None:
+    def checkpoint(step: int, val: dict[str, Any]) -> None:
         runfolder.save_checkpoint(run_dir, {"format": CHECKPOINT_FORMAT, "kind": KIND, "step": step,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "config": json.dumps(config.to_dict()), "info": json.dumps(info),
-                         "val": json.dumps(val)})
+                                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "config": json.dumps(config.to_dict()), "info": json.dumps(info),
+                                            "val": json.dumps(val)})
 
-    def log(record: dict[str, Any]) -> None:
-        runfolder.append_metrics(run_dir, record)
-        if on_log is not None:
-            on_log(record)
-
-    losses: list[torch.Tensor] = []
-    t_log = time.perf_counter()
-    while step < config.steps:
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses.append(train_step(model, optimizer, make_batch(train_set, config, step), dev))
-        step += 1
-        if step % config.log_every == 0 or step == config.steps:
-            loss = float(torch.stack(losses).mean())  # read back from the device only here
-            if not math.isfinite(loss):
-                raise ProcessingError(f"{run_dir}: the loss is {loss} at step {step}; lower --lr")
-            now = time.perf_counter()
-            log({"step": step, "loss": loss, "lr": lr, "steps_per_s": len(losses) / (now - t_log)})
-            losses, t_log = [], now
-        if step % config.val_every == 0 or step == config.steps:
-            val = validate(model, val_set, dev, config.val_max)
-            log({"kind": "val", "step": step, **val})
-            t_log = time.perf_counter()
-        if step % config.ckpt_every == 0 or step == config.steps:
-            checkpoint()
+    step, val = runfolder.run_steps(
+        run_dir, optimizer, step=step, steps=config.steps, learning_rate=lambda s: learning_rate(config, s),
+        train_step=lambda s: train_step(model, optimizer, make_batch(train_set, config, s), dev),
+        validate=lambda: validate(model, val_set, dev, config.val_max), checkpoint=checkpoint,
+        log_every=config.log_every, val_every=config.val_every, ckpt_every=config.ckpt_every, val=val,
+        on_log=on_log)
     return SFTTrainResult(run_dir, step, val, parameter_count(model))
 
 
