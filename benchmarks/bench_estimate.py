@@ -1,8 +1,13 @@
 """Benchmark `defocus estimate`: end-to-end wall time and peak RSS on 1, 12 and 24 MP photos, where
 the time goes, and network B's achieved FLOP/s against this machine's own GEMM peak.
 
-    python benchmarks/bench_estimate.py [--weights FILE | --model NAME] [--sizes 1,12,24]
-                                        [--widths 1.0,0.25] [--out benchmarks/results]
+    python benchmarks/bench_estimate.py [--weights FILE | --model NAME[,NAME...]] [--sizes 1,12,24]
+                                        [--widths 1.0,0.25] [--repeats 3] [--json FILE]
+
+End to end, each photo size runs ``--repeats`` times per model, the models interleaved (a,b,a,b,
+...), so that the machine's drift (absolute times on a shared machine move by tens of percent
+within minutes) reaches every model alike; best and median are reported, and with two models
+their ratio per round.
 
 The test photos are generated here (a layered scene with a sharp subject and a blurred
 background, JPEG), so the benchmark needs nothing but the project. Figures go to stdout and to
@@ -151,7 +156,8 @@ print(json.dumps(dict(imports=t1-t0, load_weights=t2-t1, read=t3-t2, **r.timings
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default=None, help="registry model, or several separated by commas")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sizes", default="1,12,24")
     ap.add_argument("--widths", default="1.0,0.25", help="widths for the FLOP/s measurement")
     ap.add_argument("--work", type=Path, default=Path("/tmp/defocus-bench"))
@@ -162,7 +168,12 @@ def main() -> None:
     from defocus_cli.device import cpu_has_fast_bf16
 
     args.work.mkdir(parents=True, exist_ok=True)
-    weight_args = ["--weights", str(args.weights)] if args.weights else (["--model", args.model] if args.model else [])
+    if args.weights:
+        variants = {args.weights.stem: ["--weights", str(args.weights)]}
+    elif args.model:
+        variants = {m: ["--model", m] for m in args.model.split(",")}
+    else:
+        variants = {"default": []}
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                                 "amx_bf16": cpu_has_fast_bf16(), "load_avg_at_start": os.getloadavg()}}
@@ -195,12 +206,28 @@ def main() -> None:
         photo = args.work / f"photo_{mp}mp.jpg"
         if not photo.exists():
             make_photo(photo, w, h)
-        res = run_cli(photo, args.work / "out", weight_args, [])
-        res.update({"megapixels": mp, "size": f"{w}x{h}"})
-        res["stages"] = stage_times(photo, weight_args)
-        report["end_to_end"].append(res)
-        print(f"{mp:>2} MP {w}x{h}: {res['wall_s']:.2f} s end to end, peak RSS {res['peak_rss_gb']:.2f} GB; "
-              "stages " + ", ".join(f"{k} {v:.2f}" for k, v in res["stages"].items()))
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, weight_args in variants.items():
+                runs[name].append(run_cli(photo, args.work / "out", weight_args, []))
+        for name, weight_args in variants.items():
+            walls = [r["wall_s"] for r in runs[name]]
+            res = {**runs[name][0], "megapixels": mp, "size": f"{w}x{h}", "variant": name,
+                   "wall_s": min(walls), "wall_median_s": float(np.median(walls)), "walls_s": walls,
+                   "peak_rss_gb": max(r["peak_rss_gb"] for r in runs[name])}
+            res["stages"] = stage_times(photo, weight_args)
+            report["end_to_end"].append(res)
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in res["stages"].items())
+            print(f"{mp:>2} MP {w}x{h} {name}: {min(walls):.2f} s end to end (best of {len(walls)}; median "
+                  f"{np.median(walls):.2f}; runs " + " ".join(f"{x:.2f}" for x in walls) + "), peak RSS "
+                  f"{res['peak_rss_gb']:.2f} GB; stages {stages}")
+        if len(variants) == 2:
+            a, b = list(variants)
+            ratios = [x["wall_s"] / y["wall_s"] for x, y in zip(runs[b], runs[a])]
+            report.setdefault("ratios", []).append({"megapixels": mp, "of": f"{b} / {a}",
+                                                    "per_round": ratios})
+            print(f"{mp:>2} MP: {b} / {a} per round: " + " ".join(f"{r:.2f}" for r in ratios)
+                  + f" (median {np.median(ratios):.2f})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -110,12 +110,14 @@ class EdgeEstimator:
 
         return {"name": self.name, "sha256": self.meta.get("sha256"), "architecture": "edge-nets",
                 "fusion": self.config.fusion, "edge_working_size": self.config.working_size,
-                "base": self.base.describe(), "device": str(self.device),
+                "full_res_points": self.config.fine_points, "base": self.base.describe(),
+                "device": str(self.device),
                 "precision": precision_name(self.dtype)}
 
     def estimate(self, rgb: "np.ndarray", working_size: int | None = None,
                  refine: bool = True) -> "EstimateResult":
         """The map of an (H, W, 3) float32 RGB photo in [0, 1] (see the class docstring)."""
+        from concurrent.futures import ThreadPoolExecutor
         from dataclasses import replace
 
         from defocus_cli.pipelines.edge_estimate import estimate_edges
@@ -127,12 +129,19 @@ class EdgeEstimator:
 
         if config.fusion == "edge":
             return estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=fallback)
+        if config.fusion != "blend":
+            return estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=fallback,
+                                  base=fallback())
         # in the blend, network B's share is smooth next to the guided edge map: its own guided
-        # up-sampling (0.5 s at 12 MP) would change little, so it is up-sampled bilinearly; a
-        # photo that falls back to network B gets B's refined map
-        base = self.base.estimate(rgb, working_size, refine=False) if config.fusion == "blend" else fallback()
-        result = estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=fallback, base=base)
-        if "fallback" in result.info and base is not None and config.fusion == "blend" and refine:
+        # up-sampling (0.5 s at 12 MP) would change little, so it is up-sampled bilinearly. B runs
+        # in a second thread while the edge networks run (estimate_edges asks for it after them):
+        # the narrow convolutions of both are memory-bound, and side by side the two took 1.43 s
+        # where one after the other took 1.68 s (medians of 10, 12 MP, 2 cores). A photo that
+        # falls back to network B gets B's refined map.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="defocus-base") as pool:
+            pending = pool.submit(self.base.estimate, rgb, working_size, False)
+            result = estimate_edges(rgb, self.nets, config, self.dtype, refine, fallback=pending.result)
+        if "fallback" in result.info and refine:
             refined = fallback()
             result.sigma, result.timings = refined.sigma, {**result.timings, **refined.timings}
         return result
@@ -175,6 +184,29 @@ def load_estimator(model: str = DEFAULT_MODEL, weights: str | Path | None = None
         name = model if weights is None else Path(str(weights)).stem
         return EdgeEstimator(nets, meta, base, EdgeConfig(**{**meta.get("estimator", {}), "fusion": fusion}), name)
     return _load_network_b(model, weights, device, precision)
+
+
+def load_variant(spec: str, device: str = "auto") -> Any:
+    """A registry estimator with settings of its edge map changed: "MODEL[:field=value,...]",
+    e.g. "fused:fine_points=0" (fields of ``pipelines.edge_estimate.EdgeConfig``; benchmarks and
+    figures compare settings with it). Raises ValueError for an unknown field or a bad value."""
+    from dataclasses import fields, replace
+
+    model, _, overrides = spec.partition(":")
+    est = load_estimator(model, device=device)
+    if not overrides:
+        return est
+    if not isinstance(est, EdgeEstimator):
+        raise ValueError(f"{spec}: only the edge-based estimators have settings to change")
+    types = {f.name: f.type for f in fields(est.config)}
+    values: dict[str, Any] = {}
+    for item in overrides.split(","):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise ValueError(f"{spec}: {key!r} is not an EdgeConfig field")
+        values[key] = {"int": int, "float": float}.get(types[key], str)(value)
+    est.config = replace(est.config, **values)
+    return est
 
 
 def _load_network_b(model: str, weights: str | Path | None, device: str, precision: str) -> Estimator:

@@ -1,13 +1,20 @@
-"""The README's estimator figure: real defocused photos and the map of each estimator, side by side.
+"""Figures of real defocused photos and the map of each estimator, side by side.
 
     python scripts/make_estimators_figure.py [--photos DSC_0004.jpg DSC_0045.jpg ...]
-        [--models dmenet-lite edge fused] [--width 320] [-o examples/estimators-outdoor.jpg]
+        [--models dmenet-lite edge fused] [--folder f2.8-half] [--mark-below PX] [--width 320]
+        [-o examples/estimators-outdoor.jpg]
 
-Photos: ../shared/data/real/dfd-outdoor/f2.8-half/ (or $DEFOCUS_SHARED_DATA), real f/2.8 shots
-of Carvalho et al. (3DRW ECCV Workshop 2018), shown downscaled. Every map is made by the
-library's estimator at its default settings on the photo as stored (1936x1296), and all maps of
-one photo share one colour scale (0 to the 99th percentile of the fused map, px of that photo):
-dark = sharp, bright = blurred. The scale is written into each row.
+The README's two figures:
+    python scripts/make_estimators_figure.py
+    python scripts/make_estimators_figure.py --folder f2.8-full --photos DSC_0001.jpg DSC_0004.jpg \
+        --models dmenet-lite fused:fine_points=0 fused --mark-below 1 -o examples/full-res-outdoor.jpg
+
+Photos: ../shared/data/real/dfd-outdoor/FOLDER/ (or $DEFOCUS_SHARED_DATA), real f/2.8 shots of
+Carvalho et al. (3DRW ECCV Workshop 2018), shown downscaled. Every map is made by the library's
+estimator (``estimator.load_variant``: a registry model, optionally with edge-map settings
+changed) on the photo as stored, and all maps of one photo share one colour scale (0 to the 99th
+percentile of the last model's map, px of that photo): dark = sharp, bright = blurred. The scale
+is written into each row; ``--mark-below`` paints the pixels that read below that sigma cyan.
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from defocus_cli.estimator import load_estimator  # noqa: E402
+from defocus_cli.estimator import load_variant  # noqa: E402
 from defocus_cli.io.images import colorize, read_image, write_image  # noqa: E402
 
 SHARED = Path(os.environ.get("DEFOCUS_SHARED_DATA", REPO.parent / "shared" / "data"))
 PHOTOS = ("DSC_0004.jpg", "DSC_0045.jpg", "DSC_0064.jpg")
-TITLES = {"dmenet-lite": "network B (dmenet-lite)", "edge": "edge-based (paper 002)", "fused": "fused"}
+TITLES = {"dmenet-lite": "network B (dmenet-lite)", "edge": "edge-based (paper 002)", "fused": "fused",
+          "fused:fine_points=0": "fused, no full-res pass"}
 
 
 def label(img: np.ndarray, text: str) -> np.ndarray:
@@ -43,13 +51,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", nargs="+", default=list(PHOTOS))
     ap.add_argument("--models", nargs="+", default=["dmenet-lite", "edge", "fused"])
+    ap.add_argument("--folder", default="f2.8-half", help="folder of dfd-outdoor")
+    ap.add_argument("--mark-below", type=float, default=None, help="px: paint pixels below this cyan")
     ap.add_argument("--width", type=int, default=320, help="px per panel")
     ap.add_argument("-o", "--output", type=Path, default=REPO / "examples" / "estimators-outdoor.jpg")
     args = ap.parse_args()
-    estimators = {m: load_estimator(m, device="cpu") for m in args.models}
+    estimators = {m: load_variant(m, device="cpu") for m in args.models}
     rows = []
     for name in args.photos:
-        rgb = read_image(SHARED / "real" / "dfd-outdoor" / "f2.8-half" / name).pixels
+        rgb = read_image(SHARED / "real" / "dfd-outdoor" / args.folder / name).pixels
         maps = {m: est.estimate(rgb).sigma for m, est in estimators.items()}
         vmax = float(np.percentile(maps[args.models[-1]], 99))
         size = (args.width, round(rgb.shape[0] * args.width / rgb.shape[1]))
@@ -59,7 +69,13 @@ def main() -> None:
 
         panels = [label(small(rgb), f"{name} (f/2.8)")]
         for m, sigma in maps.items():
-            panels.append(label(small(colorize(sigma, 0.0, vmax)), f"{TITLES.get(m, m)}  0-{vmax:.1f} px"))
+            shown = small(colorize(sigma, 0.0, vmax))
+            if args.mark_below is not None:
+                shown[small(sigma) < args.mark_below] = (0.0, 1.0, 1.0)
+            caption = f"{TITLES.get(m, m)}  0-{vmax:.1f} px"
+            if args.mark_below is not None:
+                caption += f", cyan < {args.mark_below:g}"
+            panels.append(label(shown, caption))
             print(f"{name} {m}: sigma p5 {np.percentile(sigma, 5):.2f} median {np.median(sigma):.2f} "
                   f"p95 {np.percentile(sigma, 95):.2f} px", flush=True)
         rows.append(np.concatenate(panels, axis=1))

@@ -171,3 +171,17 @@ def test_registry_names_edge_and_fused(tiny_edge_weights, tmp_path, monkeypatch)
     r = edge.estimate(flat, working_size=0)
     assert "fallback" in r.info
     np.testing.assert_array_equal(r.sigma, edge.base.estimate(flat, 0).sigma)
+
+
+def test_load_variant_changes_edge_settings_and_rejects_the_rest():
+    from defocus_cli.estimator import load_variant
+
+    est = load_variant("fused:fine_points=0,blend=0.3,fusion=edge", device="cpu")
+    assert (est.config.fine_points, est.config.blend, est.config.fusion) == (0, 0.3, "edge")
+    assert load_variant("fused", device="cpu").config.fine_points == 512
+    with pytest.raises(ValueError, match="not an EdgeConfig field"):
+        load_variant("fused:nope=1", device="cpu")
+    with pytest.raises(ValueError, match="only the edge-based"):
+        load_variant("dmenet-lite:blend=0.1", device="cpu")
+    with pytest.raises(ValueError):
+        load_variant("fused:fine_points=many", device="cpu")

@@ -120,3 +120,29 @@ def test_the_readme_library_example_runs(tmp_path, monkeypatch):
     assert scope["sigma"].shape == (800, 1200)
     np.testing.assert_allclose(load_map(tmp_path / "maps" / "photo.defocus.npy"), scope["sigma"], atol=1e-6)
     assert read_image(tmp_path / "sharp" / "photo.deblurred.jpg").pixels.shape == (800, 1200, 3)
+
+
+def test_prefetcher_reads_ahead_in_order_and_reports_errors(tmp_path, monkeypatch):
+    import defocus_cli.photos as photos
+    from defocus_cli.io.images import read_image
+
+    paths = []
+    for i in range(3):
+        p, _ = _photo(tmp_path, 30 + i, 20)
+        paths.append(p.rename(tmp_path / f"p{i}.png"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    reads: list[str] = []
+    monkeypatch.setattr(photos, "read_image", lambda p: (reads.append(Path(p).name), read_image(p))[1])
+    with photos.Prefetcher([paths[0], bad, paths[1]]) as reader:
+        first = reader.get(paths[0])
+        # the next photo is being read while the first is used; nothing further ahead
+        assert isinstance(reader._pending[bad].exception(), InputError)
+        assert reads == ["p0.png", "bad.png"]
+        assert np.array_equal(first.pixels, read_image(paths[0]).pixels)
+        with pytest.raises(InputError, match="bad.png"):
+            reader.get(bad)
+        assert reader.get(paths[1]).size == (31, 20)
+        # a photo it was not given is read on the spot
+        assert reader.get(paths[2]).size == (32, 20)
+    assert reads == ["p0.png", "bad.png", "p1.png", "p2.png"]

@@ -84,18 +84,33 @@ def estimate(
                                gpus_per_actor, cpus_per_actor, batch_size, table, maps,
                                blur_threshold, in_focus_threshold)
             raise typer.Exit(code)
-        estimator = prepare_estimator(model, weights, device, precision, needed=True)
     except DefocusError as e:
         raise fail(e)
-    from defocus_cli.photos import ESTIMATE_SUFFIXES, estimate_photo, output_path
+    from defocus_cli.photos import ESTIMATE_SUFFIXES, Prefetcher, estimate_photo, output_path
 
-    def process(photo: Path) -> dict:
-        r = estimate_photo(photo, estimator, output, working_size, not no_refine, preview_max)
-        return {"size": f"{r['width']}x{r['height']}", "work": "x".join(map(str, r["working_size"])),
-                "mean σ px": f"{r['stats_px']['mean']:.2f}", "max σ px": f"{r['stats_px']['max']:.2f}"}
+    def outputs(photo: Path) -> list[Path]:
+        return [output_path(photo, output, s) for s in ESTIMATE_SUFFIXES]
 
-    code = run_batch(paths, process, lambda p: [output_path(p, output, s) for s in ESTIMATE_SUFFIXES],
-                     overwrite, title="defocus estimate")
+    def pending(photo: Path) -> bool:
+        try:
+            return overwrite or not all(o.exists() for o in outputs(photo))
+        except DefocusError:
+            return False  # run_batch reports it
+
+    # photos whose outputs exist are skipped by run_batch: never read them ahead
+    with Prefetcher([p for p in paths if pending(p)]) as reader:
+        try:
+            estimator = prepare_estimator(model, weights, device, precision, needed=True)
+        except DefocusError as e:
+            raise fail(e)
+
+        def process(photo: Path) -> dict:
+            r = estimate_photo(photo, estimator, output, working_size, not no_refine, preview_max,
+                               image=reader.get(photo))
+            return {"size": f"{r['width']}x{r['height']}", "work": "x".join(map(str, r["working_size"])),
+                    "mean σ px": f"{r['stats_px']['mean']:.2f}", "max σ px": f"{r['stats_px']['max']:.2f}"}
+
+        code = run_batch(paths, process, outputs, overwrite, title="defocus estimate")
     raise typer.Exit(code)
 
 

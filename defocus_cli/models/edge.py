@@ -122,7 +122,7 @@ class Trunk(nn.Module):
             w = conv.weight
             if i == 0:
                 w = w - w.mean(dim=(1, 2, 3), keepdim=True)
-            x = F.relu(F.conv2d(x, w, dilation=d))
+            x = F.conv2d(x, w, dilation=d).relu_()  # in place: one pass less over the map
             outs.append(x)
         return outs
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from defocus_cli.models.edge import EdgeNetConfig, EdgeNets
-from defocus_cli.pipelines.edge_estimate import EdgeConfig, EdgePoints, estimate_edges
+from defocus_cli.models.edge import HALF, EdgeNetConfig, EdgeNets
+from defocus_cli.pipelines.edge_estimate import (
+    EdgeConfig,
+    EdgePoints,
+    estimate_edges,
+    fine_pass,
+    local_correction,
+    photo_patches,
+    prepare_propagation,
+)
 from defocus_cli.pipelines.estimate import EstimateResult
 
 H, W = 96, 128
@@ -118,3 +128,98 @@ def test_the_whole_pipeline_runs_on_a_photo_with_edges(nets):
     assert r.info["edge_points"] > 100 and "fallback" not in r.info
     assert r.sigma.shape == (96, 128) and np.isfinite(r.sigma).all() and (r.sigma >= 0).all()
     assert r.sigma.max() <= 6.0 + 1e-3  # B-NET's largest level, at scale 1
+
+
+# -- the full-resolution pass -------------------------------------------------------------------
+
+
+def test_photo_patches_replicate_the_border():
+    rgb = np.random.default_rng(1).random((30, 50, 3)).astype(np.float32)
+    ys, xs = np.array([0, 15, 29]), np.array([0, 25, 49])
+    got = photo_patches(rgb, ys, xs)
+    padded = np.pad(rgb, ((HALF, HALF), (HALF, HALF), (0, 0)), mode="edge")
+    assert got.shape == (3, 2 * HALF + 1, 2 * HALF + 1, 3)
+    for i, (y, x) in enumerate(zip(ys, xs)):
+        assert np.array_equal(got[i], padded[y:y + 2 * HALF + 1, x:x + 2 * HALF + 1])
+
+
+def _big_points(scale: float, n: int = 400) -> tuple[np.ndarray, EdgePoints]:
+    rng = np.random.default_rng(2)
+    h, w = 60, 90  # the working image
+    rgb = rng.random((round(h / scale), round(w / scale), 3)).astype(np.float32)
+    ys, xs = rng.integers(0, h, n), rng.integers(0, w, n)
+    sigma = rng.uniform(0.0, 1.0, n).astype(np.float32) * np.float32(scale * 3)  # 0-3 px of the photo
+    p_depth = np.where(np.arange(n) % 10 == 0, 0.99, 0.01).astype(np.float32)
+    return rgb, EdgePoints(ys, xs, sigma, p_depth, (h, w), scale)
+
+
+def test_fine_pass_measures_sharp_pattern_points_on_the_photo(nets):
+    scale = 0.25
+    rgb, pts = _big_points(scale)
+    cfg = EdgeConfig(fine_points=50, fine_below=1.5)
+    out, measured = fine_pass(rgb, pts, nets, cfg)
+    photo_px = pts.sigma / scale
+    candidates = pts.pattern(cfg.depth_threshold) & (photo_px < 1.5)
+    assert measured.sum() == 50 and not (measured & ~candidates).any()
+    # the measured points hold B-NET's estimate on the full-resolution patch, in working px
+    idx = np.flatnonzero(measured)
+    ys = np.round((pts.ys[idx] + 0.5) / scale - 0.5).astype(np.int64)
+    xs = np.round((pts.xs[idx] + 0.5) / scale - 0.5).astype(np.int64)
+    with torch.inference_mode():
+        patches = torch.from_numpy(photo_patches(rgb, ys, xs)).permute(0, 3, 1, 2)
+        direct = nets.sigma_of(nets.forward_blur(patches))
+    np.testing.assert_allclose(out.sigma[idx], direct.numpy() * scale, rtol=1e-4, atol=1e-6)
+    # the other candidates lie on the line fitted to the measured ones; the rest are untouched
+    others = candidates & ~measured
+    slope, offset = np.polyfit(photo_px[idx], direct.numpy(), 1)
+    np.testing.assert_allclose(out.sigma[others] / scale, np.maximum(offset + slope * photo_px[others], 0),
+                               rtol=1e-4, atol=1e-5)
+    assert np.array_equal(out.sigma[~candidates], pts.sigma[~candidates])
+    # photos near the working size, and fine_points=0, skip the pass
+    near_size = EdgePoints(pts.ys, pts.xs, pts.sigma, pts.p_depth, pts.shape, 0.6)
+    for skipped in (fine_pass(rgb, near_size, nets, cfg),
+                    fine_pass(rgb, pts, nets, EdgeConfig(fine_points=0))):
+        assert not skipped[1].any()
+
+
+def test_local_correction_follows_measurements_and_stays_local(nets):
+    rgb = _photo()
+    pts = _points(1.0, 4.0, with_depth=True)
+    # grid cells of 4 px: a measurement every 6 px is a density of ~0.4 per cell, support >> fine_k
+    cfg = EdgeConfig(fusion="edge", working_size=0, psi=1000.0, grid_size=W // 4, fine_reach=6.0,
+                     fine_k=0.001)
+    prop = prepare_propagation(rgb, pts, cfg)
+    flat = np.full((H, W), 2.0, np.float32)
+    sharp = pts.subset((pts.xs < W // 2 - 8) & (pts.p_depth < 0.5))
+    sharp.sigma[:] = 0.5
+    out = local_correction(flat.copy(), sharp, prop, cfg)
+    assert np.abs(out[:, : W // 2 - 8] - 0.5).max() < 0.05  # where the measurements are
+    assert np.abs(out[:, W // 2 + 8:] - 2.0).max() < 0.05  # across the depth edge: unchanged
+    assert (out >= 0).all()
+
+
+def test_the_full_resolution_pass_reads_an_in_focus_half_sharp():
+    """Shipped weights on a 2600 px photo, left half in focus, right half blurred (sigma 4 px):
+    at the 1024 px working size the sharp half cannot read below ~0.7 px; measured at full
+    resolution it does, and the blurred half stays blurred.
+    Measured: sharp half median 0.17 px with the pass, 1.01 px without; blurred half 3.87 both."""
+    import cv2
+
+    from defocus_cli.estimator import load_estimator
+
+    rng = np.random.default_rng(3)
+    h, w = 1700, 2600
+    small = rng.random((h // 8, w // 8, 3)).astype(np.float32)
+    tex = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)  # hard-edged blocks
+    tex = np.clip(0.15 + 0.7 * tex, 0, 1)
+    rgb = tex.copy()
+    rgb[:, w // 2:] = cv2.GaussianBlur(tex, (0, 0), 4.0)[:, w // 2:]
+    est = load_estimator("fused", device="cpu", precision="fp32")
+    with_pass = est.estimate(rgb)
+    assert with_pass.info["full_res_points"] == est.config.fine_points
+    est.config = replace(est.config, fine_points=0)
+    without = est.estimate(rgb)
+    assert without.info["full_res_points"] == 0
+    sl, bl = np.s_[100:-100, 100:w // 2 - 200], np.s_[100:-100, w // 2 + 200:-100]
+    assert np.median(with_pass.sigma[sl]) < 0.5 and np.median(without.sigma[sl]) > 0.8
+    assert np.median(with_pass.sigma[bl]) > 3.0
