@@ -235,6 +235,7 @@ def sft(
     data: Optional[Path] = typer.Option(None, "--data", help="synth dataset folder with image/, sharp/, sigma/ and train/val splits"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run folder (checkpoint.pt, metrics.jsonl, config.json)"),
     maps: Optional[Path] = typer.Option(None, "--maps", help="condition on estimated maps: a folder of NAME.defocus.npy (`defocus estimate DATASET/image -o FOLDER`) [default: the true maps]"),
+    maps_prob: float = typer.Option(1.0, "--maps-prob", help="with --maps: share of crops conditioned on the estimated map (the rest on the true one)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="total optimiser steps [default: 2000; with --resume: the run's]"),
     batch: int = typer.Option(8, "--batch", help="crops per step"),
     crop: int = typer.Option(128, "--crop", help="crop side, px (a multiple of the network's size multiple, 8 by default)"),
@@ -285,7 +286,7 @@ def sft(
                 raise InputError(str(e).replace("SFTNetConfig: ", "--")) from None
             # absolute paths: the checkpoint must still find its data when resumed elsewhere
             config = SFTTrainConfig(
-                data=str(data.resolve()), maps=str(maps.resolve()) if maps else None, net=net,
+                data=str(data.resolve()), maps=str(maps.resolve()) if maps else None, maps_prob=maps_prob, net=net,
                 steps=steps or 2000, batch=batch, crop=crop, lr=lr, noise_max=noise_max,
                 jpeg_prob=jpeg_prob, seed=seed, log_every=log_every, val_every=val_every,
                 val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None)

@@ -63,6 +63,9 @@ class SFTTrainConfig:
     data: str
     #: folder of estimated maps NAME.defocus.npy for the same images (None: the true maps)
     maps: str | None = None
+    #: with ``maps``: the share of crops conditioned on the estimated map, the others on the
+    #: true one (1: the paper's stage 2; less keeps what stage 1 learnt from exact maps)
+    maps_prob: float = 1.0
     net: SFTNetConfig = field(default_factory=SFTNetConfig)
     steps: int = 2000
     #: crops per step; 8 x 128 px is ~1 s a step on one CPU core for the default network
@@ -102,6 +105,8 @@ class SFTTrainConfig:
         if self.net.input != "photo":
             raise InputError(f"training a network on the {self.net.input!r} input is not implemented: "
                              "the data pipeline feeds the blurred photo (input 'photo')")
+        if not 0 <= self.maps_prob <= 1:
+            raise InputError(f"--maps-prob must be in [0, 1], got {self.maps_prob}")
         if not 0 <= self.jpeg_prob <= 1 or self.noise_max < 0:
             raise InputError(f"jpeg_prob must be in [0, 1] and noise_max >= 0, got {self.jpeg_prob}, {self.noise_max}")
 
@@ -190,12 +195,16 @@ def make_batch(pairs: PairSet, config: SFTTrainConfig, step: int) -> dict[str, t
     """The mini-batch of ``step``: a pure function of (config.seed, step).
 
     -> {"input": (B, 3, c, c), "target": (B, 3, c, c), "sigma": (B, 1, c, c) conditioning map
-    (unknown = 0), "valid": (B, 1, c, c) 1 where the true map is known}.
+    (unknown = 0; with estimated maps, the true one for a share 1 - ``maps_prob`` of the crops),
+    "valid": (B, 1, c, c) 1 where the true map is known}.
     """
     rng = np.random.default_rng([config.seed, step])
     out: dict[str, list[torch.Tensor]] = {"input": [], "target": [], "sigma": [], "valid": []}
     for i in rng.integers(0, len(pairs), size=config.batch):
         blurred, sharp, sigma, cond = pairs.load(int(i))
+        # drawn only for a mix, so runs on one kind of map keep the batches they always had
+        if pairs.maps is not None and config.maps_prob < 1 and rng.uniform() >= config.maps_prob:
+            cond = sigma
         blurred, sharp, sigma, cond = augment([blurred, sharp, sigma, cond], config.crop, rng,
                                               [0.0, 0.0, np.nan, np.nan])
         out["input"].append(_chw(degrade(blurred, rng, config)))
@@ -302,7 +311,8 @@ def train_sft(config: SFTTrainConfig, run_dir: str | Path, *, resume: bool = Fal
     step, val = 0, {}
     info = {"provenance": provenance or {}, "parameters": parameter_count(model),
             "data": {"path": config.data, "train": len(train_set), "val": len(val_set),
-                     "maps": "estimated" if config.maps else "true"}}
+                     "maps": (f"estimated ({config.maps_prob:.0%} of crops; the rest true)" if config.maps
+                              else "true")}}
     if resume:
         ckpt = load_sft_checkpoint(run_dir)
         model.load_state_dict(ckpt["model"])

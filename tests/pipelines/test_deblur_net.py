@@ -160,6 +160,16 @@ def test_estimated_maps_condition_while_true_labels_mask_the_loss(pairs, tmp_pat
     batch = make_batch(PairSet.open(pairs, "train", maps), config, 0)
     assert torch.all(batch["sigma"] == 1.25)  # the estimate conditions the network...
     assert 0 < batch["valid"].mean() < 1  # ...and the true map's unknown seam stays out of the loss
+    # a mix: some crops conditioned on the estimate, the others on the true map
+    mixed = _config(pairs, maps=str(maps), maps_prob=0.5, batch=16)
+    b = make_batch(PairSet.open(pairs, "train", maps), mixed, 0)
+    estimated = [bool(torch.all(s == 1.25)) for s in b["sigma"]]
+    assert 0 < sum(estimated) < 16
+    for s, v, est in zip(b["sigma"], b["valid"], estimated):
+        if not est:  # the true map: unknown pixels conditioned as 0, the rest not the estimate
+            assert torch.all(s[v == 0] == 0) and not torch.all(s[v == 1] == 1.25)
+    with pytest.raises(InputError, match="--maps-prob"):
+        _config(pairs, maps=str(maps), maps_prob=1.5)
     with pytest.raises(InputError, match="pair_00.defocus.npy: missing"):
         PairSet.open(pairs, "train", tmp_path / "nowhere")
     with pytest.raises(InputError, match="'solver' input is not implemented"):
