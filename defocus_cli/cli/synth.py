@@ -22,9 +22,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def _source_name(rgb: Path, depth: Path) -> str:
     """The folder pair's name: their common parent (dfd-indoor/allinfocus + dfd-indoor/depth ->
-    dfd-indoor), else the RGB folder's name."""
+    dfd-indoor), else (one folder for both, as Middlebury's) the RGB folder's name."""
     a, b = rgb.resolve(), depth.resolve()
-    if a.parent == b.parent and a.parent.name:
+    if a != b and a.parent == b.parent and a.parent.name:
         return a.parent.name
     return a.name
 

@@ -286,7 +286,8 @@ def sft(
                 raise InputError(str(e).replace("SFTNetConfig: ", "--")) from None
             # absolute paths: the checkpoint must still find its data when resumed elsewhere
             config = SFTTrainConfig(
-                data=str(data.resolve()), maps=str(maps.resolve()) if maps else None, maps_prob=maps_prob, net=net,
+                data=str(data.resolve()), maps=str(maps.resolve()) if maps else None,
+                maps_prob=maps_prob, net=net,
                 steps=steps or 2000, batch=batch, crop=crop, lr=lr, noise_max=noise_max,
                 jpeg_prob=jpeg_prob, seed=seed, log_every=log_every, val_every=val_every,
                 val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None)

@@ -303,6 +303,11 @@ def read_depth(path: str | Path, encoding: str = "auto") -> DepthMap:
 _MIDDLEBURY_DEPTH = re.compile(r"^disp(\d*)$", re.IGNORECASE)
 
 
+def is_middlebury_disparity(path: Path) -> bool:
+    """A Middlebury disparity file by its name (``disp0.pfm``, ``disp1.png``, ...)."""
+    return bool(_MIDDLEBURY_DEPTH.match(path.stem)) and path.suffix.lower() in (".png", ".pfm")
+
+
 def _key(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
@@ -311,25 +316,33 @@ def match_rgbd(
     rgb_dir: str | Path, depth_dir: str | Path, image_suffixes: tuple[str, ...]
 ) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
     """Pair images under rgb_dir with depth files under depth_dir by relative path without
-    suffix (``a/b/x.jpg`` with ``a/b/x.png``); Middlebury's ``disp0`` pairs with ``im0`` of the
-    same folder. Returns (pairs sorted by image path, unmatched images, unmatched depth files).
+    suffix (``a/b/x.jpg`` with ``a/b/x.png``); Middlebury's ``dispN`` pairs with ``imN`` (2014
+    and later) or ``viewN`` (2005, 2006) of the same folder, and is never taken for an image, so
+    one folder may hold both (``rgb_dir == depth_dir``). Returns (pairs sorted by image path,
+    unmatched images, unmatched depth files).
     """
     rgb_dir, depth_dir = Path(rgb_dir), Path(depth_dir)
     for d, what in ((rgb_dir, "--rgb"), (depth_dir, "--depth")):
         if not d.is_dir():
             raise InputError(f"{d}: {what} folder not found")
     images = sorted(
-        p for p in rgb_dir.rglob("*") if p.is_file() and p.suffix.lower() in image_suffixes
+        p for p in rgb_dir.rglob("*")
+        if p.is_file() and p.suffix.lower() in image_suffixes and not _MIDDLEBURY_DEPTH.match(p.stem)
     )
     depths = sorted(
         p for p in depth_dir.rglob("*") if p.is_file() and p.suffix.lower() in DEPTH_SUFFIXES
     )
+    if rgb_dir.resolve() == depth_dir.resolve():  # one folder: a photo is not its own depth
+        photos = set(images)
+        depths = [p for p in depths if p not in photos]
     by_key: dict[str, Path] = {}
     for p in depths:
         key = _key(p, depth_dir)
         m = _MIDDLEBURY_DEPTH.match(p.stem)
-        if m and p.suffix.lower() in (".png", ".pfm"):
-            key = str(Path(key).with_name(f"im{m.group(1) or '0'}").as_posix())
+        if m and is_middlebury_disparity(p):
+            for name in ("im", "view"):
+                by_key.setdefault(Path(key).with_name(f"{name}{m.group(1) or '0'}").as_posix(), p)
+            continue
         by_key.setdefault(key, p)
     pairs, lone_images = [], []
     used: set[Path] = set()

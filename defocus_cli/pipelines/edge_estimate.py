@@ -158,7 +158,8 @@ def fine_pass(rgb: np.ndarray, points: EdgePoints, model: EdgeNets, config: Edge
     MAE 0.27 working px) becomes ~0.27/s px: at 10 MP (s = 0.26) no estimate reads below ~0.7
     px, and an in-focus edge cannot read sharp. Pattern points whose working estimate is below
     ``fine_below`` px of the photo are measured by B-NET in the patch form on the photo itself
-    (an even random subset of ``fine_points``: each patch costs ~16 MFLOP, 512 take ~0.3 s);
+    (an even random subset of ``fine_points``: each patch costs ~16 MFLOP; 512 and the rest of
+    the pass take 0.20-0.25 s at 10 MP);
     their sigma replaces the working estimate. The other points of that range keep their place
     in the sparse map (its density steers the propagation) and take the least-squares line from
     working to full-resolution sigma fitted on the measured subset, i.e. the conditional mean

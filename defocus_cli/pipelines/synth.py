@@ -47,7 +47,7 @@ import numpy as np
 from defocus_cli import __version__
 from defocus_cli.errors import DefocusError, InputError, ProcessingError
 from defocus_cli.io.datasets import write_manifest
-from defocus_cli.io.depth import ENCODINGS, match_rgbd, read_depth
+from defocus_cli.io.depth import ENCODINGS, is_middlebury_disparity, match_rgbd, read_depth
 from defocus_cli.io.images import IMAGE_SUFFIXES, atomic_write, read_image, save_json, save_npy
 from defocus_cli.ops.layered import (
     MAX_LAYERS,
@@ -223,7 +223,9 @@ def plan_samples(config: SynthConfig) -> tuple[list[SampleSpec], list[str]]:
         for rgb, depth in pairs:
             key = rgb.relative_to(source.rgb_dir).with_suffix("").as_posix()
             scene = f"{source.name}/{key}"
-            split = split_of(scene, config.val_fraction, config.test_fraction)
+            # the views of one Middlebury scene (view1 / view5, im0 / im1) share its split
+            group = scene.rsplit("/", 1)[0] if is_middlebury_disparity(depth) else scene
+            split = split_of(group, config.val_fraction, config.test_fraction)
             for k in range(config.samples_per_source):
                 specs.append(SampleSpec(
                     name=f"{_slug(source.name)}-{_slug(key.replace('/', '_'))}-{k:02d}",

@@ -176,6 +176,20 @@ def test_match_rgbd(tmp_path):
         match_rgbd(rgb, tmp_path / "missing", (".jpg",))
 
 
+def test_match_rgbd_one_middlebury_folder_with_both(tmp_path):
+    """The 2005/2006 layout: viewN.png beside dispN.png in each scene folder, given as both
+    --rgb and --depth; a disparity map is never taken for a photo, nor a photo for its depth."""
+    for scene in ("2005-Art", "2006-Aloe"):
+        for f in ("view1.png", "view5.png", "disp1.png", "disp5.png"):
+            (tmp_path / scene).mkdir(exist_ok=True)
+            (tmp_path / scene / f).write_bytes(b"x")
+    pairs, lone_rgb, lone_depth = match_rgbd(tmp_path, tmp_path, (".png",))
+    assert [(i.relative_to(tmp_path).as_posix(), d.name) for i, d in pairs] == [
+        ("2005-Art/view1.png", "disp1.png"), ("2005-Art/view5.png", "disp5.png"),
+        ("2006-Aloe/view1.png", "disp1.png"), ("2006-Aloe/view5.png", "disp5.png")]
+    assert lone_rgb == [] and lone_depth == []
+
+
 def test_shared_samples(shared_data):
     base = shared_data / "rgbd" / "syndof-samples"
     sintel = read_depth(base / "depth/MPI/market_2/frame_0001.dpt")

@@ -214,3 +214,23 @@ def test_real_rgbd_sample(shared_data, tmp_path):
     record = json.loads((config.output / "manifest.jsonl").read_text())
     assert record["depth_encoding"] == "png-mm" and record["width"] == 200
     assert record["name"] == "dfd-indoor-indoor_001-00"
+
+
+def test_middlebury_views_of_a_scene_share_its_split(tmp_path):
+    root = tmp_path / "middlebury"
+    for i in range(40):
+        scene = root / f"scene{i:02d}"
+        scene.mkdir(parents=True)
+        for v in (1, 5):
+            cv2.imwrite(str(scene / f"view{v}.png"), np.full((8, 8, 3), 100, np.uint8))
+            cv2.imwrite(str(scene / f"disp{v}.png"), np.full((8, 8), 40, np.uint8))
+    specs, unmatched = plan_samples(SynthConfig(output=tmp_path / "x", samples_per_source=1,
+                                                sources=(RGBDSource(root, root, "mb"),)))
+    assert len(specs) == 80 and unmatched == []
+    by_scene: dict[str, set[str]] = {}
+    for s in specs:
+        by_scene.setdefault(s.scene.rsplit("/", 1)[0], set()).add(s.split)
+    assert all(len(v) == 1 for v in by_scene.values())
+    assert {s for v in by_scene.values() for s in v} == {"train", "val", "test"}
+    # each view keeps its own randomness (the entropy is per view)
+    assert len({tuple(s.entropy(0)) for s in specs}) == 80
