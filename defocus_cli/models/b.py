@@ -228,22 +228,32 @@ def fuse_for_inference(model: BlurNet) -> BlurNet:
 
 
 def load_vgg19_encoder(model: BlurNet, state_dict: dict[str, torch.Tensor]) -> int:
-    """Copy torchvision ``vgg19`` weights (keys ``features.N.weight|bias``) onto ``model.encoder``.
+    """Copy torchvision-layout ``vgg19`` weights (keys ``features.N.weight|bias``) onto
+    ``model.encoder``: all of it from torchvision's file, its first convolutions from a partial
+    one (``models.vgg.from_normalised``: conv1_1-conv3_1, the rest keeps its initialisation).
 
-    Returns the number of tensors copied (32). Raises ValueError if the width is not 1.0 or
-    any encoder tensor is missing or has the wrong shape.
+    Returns the number of tensors copied (32 for the whole encoder, 10 for conv1_1-conv3_1).
+    Raises ValueError if the width is not 1.0, if a partial state dict skips a convolution
+    before its last one, or if a tensor has the wrong shape.
     """
     if model.config.width != 1.0:
         raise ValueError("ImageNet VGG19 weights fit only the full-width network (width 1.0)")
     own = model.encoder.state_dict()
     mapped = {}
+    missing = []
     for key, target in own.items():
         src = state_dict.get(f"features.{key}")
         if src is None:
-            raise ValueError(f"VGG19 state dict has no 'features.{key}' (is it torchvision's vgg19?)")
+            missing.append(key)
+            continue
+        if missing:
+            raise ValueError(f"VGG19 state dict has 'features.{key}' but not 'features.{missing[0]}' "
+                             "(is it torchvision's vgg19?)")
         if src.shape != target.shape:
             raise ValueError(f"VGG19 'features.{key}' has shape {tuple(src.shape)}, "
                              f"expected {tuple(target.shape)}")
         mapped[key] = src.to(target.dtype)
-    model.encoder.load_state_dict(mapped, strict=True)
+    if not mapped:
+        raise ValueError("VGG19 state dict has no 'features.0.weight' (is it torchvision's vgg19?)")
+    model.encoder.load_state_dict(mapped, strict=False)
     return len(mapped)

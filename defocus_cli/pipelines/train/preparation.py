@@ -62,11 +62,12 @@ def prepare(config: TrainConfig) -> Prepared:
         encoder_init = f"Kaiming-normal random init (ImageNet VGG19 does not fit width {config.width})"
         notes.append(f"VGG19 weights fit only width 1.0: the width-{config.width} encoder starts random")
     else:
-        encoder_init = f"ImageNet VGG19 ({Path(config.vgg_weights).name})"
+        reach = "conv1_1-conv3_1" if "features.12.weight" not in vgg_sd else "all"
+        encoder_init = f"ImageNet VGG19 ({Path(config.vgg_weights).name}; {reach} of its convolutions)"
     if config.init_weights:
         encoder_init = f"all of B from {config.init_weights}"
     content = ContentNet(vgg_sd) if "C" in active else None
-    content_desc = (f"VGG19 relu4_4 ({Path(config.vgg_weights).name})" if content is not None
+    content_desc = (f"VGG19 {content.layer} ({Path(config.vgg_weights).name})" if content is not None
                     else "none: L_C dropped" + ("" if "C" in config.nets else " (not requested)"))
     provenance = {
         "nets_requested": config.nets, "nets_trained": active,
