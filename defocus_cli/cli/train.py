@@ -145,7 +145,7 @@ def train(
     decay_every: int = typer.Option(20, "--decay-every", help="epochs between x0.8 learning-rate decays (the paper: 20 epochs of SYNDOF's ~8k images; scale it for a much smaller dataset)"),
     workers: int = typer.Option(0, "--workers", help="data-loading processes per training process"),
     seed: int = typer.Option(0, "--seed"),
-    vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="torchvision vgg19 state dict (encoder init + network C)"),
+    vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="VGG19 weights: torchvision vgg19 state dict, or the conv1_1-conv3_1 normalised file of ../shared/models (encoder init + network C at relu4_4, or relu3_1 when the file ends there)"),
     init: Optional[Path] = typer.Option(None, "--init", help="start B from these weights (fresh optimiser)"),
     bn: str = typer.Option("batch", "--bn", help="BatchNorm statistics: batch (the paper's) or frozen (re-estimated on full images, then fixed: trains as inference runs)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),

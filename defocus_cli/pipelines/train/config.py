@@ -53,7 +53,7 @@ class TrainConfig:
     val_max: int = 16  # validation images per validation (full-size eval on CPU is slow)
     val_every: int | None = None  # steps between validations; None = once per epoch (the paper's)
     workers: int = 0  # DataLoader worker processes per training process
-    vgg_weights: str | None = None  # torchvision vgg19 state dict: encoder init and network C
+    vgg_weights: str | None = None  # VGG19 weights (models.vgg.load_vgg19_state_dict): encoder init, network C
     init_weights: str | None = None  # start B from shipped weights (fresh optimiser)
     #: "batch": B's BatchNorm layers normalise with each batch's statistics (the paper's);
     #: "frozen": their statistics are first re-estimated on full training images, then held

@@ -56,8 +56,9 @@ def prepare(config: TrainConfig) -> Prepared:
     notes += net_notes
     if vgg_sd is None:
         encoder_init = "Kaiming-normal random init (no ImageNet VGG19 weights were given)"
-        notes.append("encoder initialised randomly (Kaiming): pass --vgg-weights with torchvision's "
-                     "vgg19 state dict for the paper's ImageNet initialisation")
+        notes.append("encoder initialised randomly (Kaiming): pass --vgg-weights (torchvision's vgg19 "
+                     "state dict, or ../shared/models/vgg19_normalised_to_conv3_1.pth) for the "
+                     "paper's ImageNet initialisation")
     elif config.width != 1.0:
         encoder_init = f"Kaiming-normal random init (ImageNet VGG19 does not fit width {config.width})"
         notes.append(f"VGG19 weights fit only width 1.0: the width-{config.width} encoder starts random")
