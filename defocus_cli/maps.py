@@ -110,6 +110,10 @@ def deblur_margin(origin: dict[str, Any], margin: float | None = None) -> float:
         return float(margin)
     if not is_estimated(origin):
         return 0.0
+    return estimated_map_margin(map_estimator(origin))
+
+
+def map_estimator(origin: dict[str, Any]) -> str | None:
+    """The name of the estimator that made a map (None when it is not known)."""
     model = origin.get("model")
-    name = model.get("name") if isinstance(model, dict) else origin.get("estimated_by")
-    return estimated_map_margin(name)
+    return model.get("name") if isinstance(model, dict) else origin.get("estimated_by")

@@ -33,7 +33,7 @@ from defocus_cli.io.images import (
     subsample,
     write_image,
 )
-from defocus_cli.maps import deblur_margin, obtain_map
+from defocus_cli.maps import deblur_margin, is_estimated, map_estimator, obtain_map
 
 if TYPE_CHECKING:
     from defocus_cli.estimator import Estimator, LazyEstimator
@@ -254,12 +254,15 @@ def deblur_network_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[st
     """Deblur with the map-conditioned network (``defocus deblur --method network``).
 
     The network sees the map less the margin policy's margin (``maps.deblur_margin``, as the
-    solver does) and the photo, or, for a network trained on the solver's output
+    solver does; none for maps of the estimator whose maps the network was trained on,
+    ``DeblurNetwork.conditioned_on``: it learnt them as they are) and the photo, or, for a network trained on the solver's output
     (config.input "solver"), the solver's result (``deblur_pixels`` with config, device,
     workers, lam). As in the solver, pixels blurred by at most ``config.sharp_sigma`` keep the
     input exactly; the network's output is blended in linearly up to twice that sigma, so no
     seam shows. Returns (H, W, 3) float32 in [0, 1] and the settings used.
     """
+    if margin is None and is_estimated(origin) and map_estimator(origin) == network.conditioned_on:
+        margin = 0.0
     used: dict[str, Any] = {"margin_px": deblur_margin(origin, margin), "sharp_sigma_px": config.sharp_sigma,
                             **network.describe()}
     base = pixels

@@ -110,10 +110,16 @@ class DeblurNetwork:
     def config(self) -> SFTNetConfig:
         return self.model.config
 
+    @property
+    def conditioned_on(self) -> str | None:
+        """The estimator whose maps the network was trained on (stage 2), or None (true maps)."""
+        return self.meta.get("maps_estimator")
+
     def describe(self) -> dict[str, Any]:
         """What deblurred a photo: name, sha256, architecture, config, device, precision."""
         return {"name": self.meta.get("name"), "sha256": self.meta.get("sha256"),
                 "architecture": self.meta.get("architecture"), "config": self.meta.get("config"),
+                "conditioned_on": self.conditioned_on,
                 "device": str(self.device), "precision": precision_name(self.dtype)}
 
     def run(self, rgb: np.ndarray, sigma: np.ndarray, tile: int = TILE) -> np.ndarray:

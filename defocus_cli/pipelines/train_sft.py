@@ -371,4 +371,19 @@ def export_sft_run(run_dir: str | Path, out: str | Path, *, command: str = "", g
         "git_revision": git_revision,
         "val_metrics": val,
     }
+    if config.maps:
+        meta["maps_estimator"] = maps_estimator(Path(config.maps))
+    if config.init and Path(config.init).is_file():  # lineage: the weights this run started from
+        from defocus_cli.models.registry import sha256_file
+
+        meta["init_sha256"] = sha256_file(Path(config.init))
     return save_weights(model, Path(out), portable_paths(meta, Path(root) if root else Path.cwd()))
+
+
+def maps_estimator(folder: Path) -> str | None:
+    """The estimator named by the sidecars (NAME.defocus.json) of a folder of estimated maps, or
+    None when they are absent or name different estimators."""
+    from defocus_cli.maps import estimated_by
+
+    names = {estimated_by(p) for p in sorted(folder.glob("*.defocus.npy"))[:50]}
+    return names.pop() if len(names) == 1 else None

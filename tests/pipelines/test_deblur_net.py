@@ -292,3 +292,35 @@ def test_shipped_network_sharpens_a_known_blur(monkeypatch):
         return 10 * np.log10(1 / np.mean((a - sharp) ** 2))
 
     assert psnr(restored) > psnr(blurred) + 0.5  # measured +0.97 dB (17.56 -> 18.53)
+
+
+def test_a_network_trained_on_an_estimators_maps_takes_them_without_margin(pairs, tmp_path):
+    """Stage 2 records whose maps it learnt (``maps_estimator``, from the maps' sidecars); the
+    CLI then gives that estimator's maps no margin, other estimators' maps their own margin."""
+    import json
+
+    from defocus_cli.pipelines.deblur import DeblurConfig, estimated_map_margin
+    from defocus_cli.pipelines.train_sft import maps_estimator
+    from defocus_cli.photos import deblur_network_pixels
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i in range(8):
+        np.save(maps / f"pair_{i:02d}.defocus.npy", np.full((48, 48), 1.25, np.float32))
+        (maps / f"pair_{i:02d}.defocus.json").write_text(json.dumps({"model": {"name": "fused"}}))
+    assert maps_estimator(maps) == "fused"
+    train_sft(_config(pairs, steps=2, maps=str(maps), maps_prob=0.5), tmp_path / "run", device="cpu")
+    meta = export_sft_run(tmp_path / "run", tmp_path / "net.pt")
+    assert meta["maps_estimator"] == "fused"
+    network = load_deblur_network(tmp_path / "net.pt", device="cpu")
+    assert network.conditioned_on == "fused" and network.describe()["conditioned_on"] == "fused"
+    rgb, sigma = np.full((16, 16, 3), 0.5, np.float32), np.full((16, 16), 2.0, np.float32)
+    for name, expected in (("fused", 0.0), ("dmenet-lite", estimated_map_margin("dmenet-lite"))):
+        _, used = deblur_network_pixels(rgb, sigma, {"source": "estimated", "model": {"name": name}},
+                                        network, DeblurConfig())
+        assert used["margin_px"] == expected
+    _, used = deblur_network_pixels(rgb, sigma, {"source": "estimated", "model": {"name": "fused"}},
+                                    network, DeblurConfig(), margin=0.3)
+    assert used["margin_px"] == 0.3
+    (maps / "pair_00.defocus.json").write_text(json.dumps({"model": {"name": "edge"}}))
+    assert maps_estimator(maps) is None  # mixed estimators: no claim
