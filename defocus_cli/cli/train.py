@@ -145,6 +145,7 @@ def train(
     decay_every: int = typer.Option(20, "--decay-every", help="epochs between x0.8 learning-rate decays (the paper: 20 epochs of SYNDOF's ~8k images; scale it for a much smaller dataset)"),
     workers: int = typer.Option(0, "--workers", help="data-loading processes per training process"),
     seed: int = typer.Option(0, "--seed"),
+    lambda_c: float = typer.Option(1e-4, "--lambda-c", help="weight of the content loss L_C (the paper's 1e-4, for relu4_4 of the original VGG19; with the normalised relu3_1 file L_C measured 0.9-5.6 against L_B 0.2-1.2)"),
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="VGG19 weights: torchvision vgg19 state dict, or the conv1_1-conv3_1 normalised file of ../shared/models (encoder init + network C at relu4_4, or relu3_1 when the file ends there)"),
     init: Optional[Path] = typer.Option(None, "--init", help="start B from these weights (fresh optimiser)"),
     bn: str = typer.Option("batch", "--bn", help="BatchNorm statistics: batch (the paper's) or frozen (re-estimated on full images, then fixed: trains as inference runs)"),
@@ -182,7 +183,7 @@ def train(
                 pretrain_steps=pretrain_steps, lr=lr, precision=precision, channels_last=channels_last,
                 seed=seed, ckpt_every=ckpt_every, log_every=log_every, val_max=val_max, val_every=val_every,
                 decay_every_epochs=decay_every, workers=workers,
-                vgg_weights=absolute(vgg_weights), init_weights=absolute(init), bn=bn)
+                vgg_weights=absolute(vgg_weights), init_weights=absolute(init), bn=bn, lambda_c=lambda_c)
             run_dir = output
         n_gpus = gpus if gpus is not None else (1 if torch.cuda.is_available() else 0)
         provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}

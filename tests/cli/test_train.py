@@ -37,8 +37,10 @@ def test_module_import_does_not_import_torch():
 
 def test_train_then_export(toy, tmp_path):
     run = tmp_path / "run"
-    res = runner.invoke(app, ["--data", str(toy), "-o", str(run), "--steps", "2", "--ckpt-every", "1", *TINY])
+    res = runner.invoke(app, ["--data", str(toy), "-o", str(run), "--steps", "2", "--ckpt-every", "1",
+                              "--lambda-c", "0.25", *TINY])
     assert res.exit_code == 0, res.output
+    assert json.loads((run / "config.json").read_text())["config"]["lambda_c"] == 0.25
     assert "randomly" in res.output and "done: 2 steps" in res.output
     assert re.search(r"on 1 process\(es\) in (fp32|bf16)", res.output)
     assert (run / "checkpoint.pt").is_file() and (run / "metrics.jsonl").is_file()
