@@ -112,6 +112,36 @@ class ProgressReporter:
             self._progress.stop()
 
 
+def _provenance() -> dict:
+    """The command line and the checkout's commit, recorded by every training run."""
+    return {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}
+
+
+def _set_threads(threads: int) -> None:
+    """torch's CPU threads for `train sft` and `train edge` (0: torch's default)."""
+    from defocus_cli.errors import InputError
+
+    if threads < 0:
+        raise InputError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _resumed_config(resume: Path, steps: int | None, load_run_config):
+    """The config a run folder was started with, with --steps when given."""
+    from dataclasses import replace
+
+    config = load_run_config(resume)
+    return replace(config, steps=steps) if steps is not None else config
+
+
+def _step_line(record: dict, steps: int, loss: str) -> str:
+    return (f"step {record['step']}/{steps}: {loss} {record['loss']:.4f} "
+            f"lr {record['lr']:.2e} {record['steps_per_s']:.2f} it/s")
+
+
 def _fail(exc) -> None:
     console.print(f"[red]error:[/] {exc}")
     raise typer.Exit(exc.exit_code)
@@ -186,7 +216,7 @@ def train(
                 vgg_weights=absolute(vgg_weights), init_weights=absolute(init), bn=bn, lambda_c=lambda_c)
             run_dir = output
         n_gpus = gpus if gpus is not None else (1 if torch.cuda.is_available() else 0)
-        provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}
+        provenance = _provenance()
         result = launch(config, run_dir, gpus=n_gpus, cpu_procs=cpu_procs, threads=threads, resume=resume is not None,
                         provenance=provenance, on_event=ProgressReporter())
     except DefocusError as exc:
@@ -260,23 +290,14 @@ def sft(
     from defocus_cli.errors import DefocusError, InputError
 
     try:
-        from dataclasses import replace
-
-        import torch
-
         from defocus_cli.models.sft import SFTNetConfig
         from defocus_cli.pipelines.train_sft import SFTTrainConfig, load_sft_run_config, train_sft
 
-        if threads < 0:
-            raise InputError(f"--threads must be >= 0, got {threads}")
-        if threads:
-            torch.set_num_threads(threads)
+        _set_threads(threads)
         if resume is not None:
             if output is not None and output.resolve() != resume.resolve():
                 raise InputError(f"--resume {resume} continues that folder; drop -o {output}")
-            config = load_sft_run_config(resume)
-            if steps is not None:
-                config = replace(config, steps=steps)
+            config = _resumed_config(resume, steps, load_sft_run_config)
             run_dir = resume
         else:
             if data is None or output is None:
@@ -293,18 +314,15 @@ def sft(
                 jpeg_prob=jpeg_prob, seed=seed, log_every=log_every, val_every=val_every,
                 val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None)
             run_dir = output
-        provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}
-
         def report(record: dict) -> None:
             if record.get("kind") == "val":
                 console.print(f"step {record['step']}: val PSNR {record['val_psnr']:.2f} dB "
                               f"({record['val_psnr_gain']:+.2f} dB over the input, {record['val_images']} images)")
             else:
-                console.print(f"step {record['step']}/{config.steps}: L1 {record['loss']:.4f} "
-                              f"lr {record['lr']:.2e} {record['steps_per_s']:.2f} it/s")
+                console.print(_step_line(record, config.steps, "L1"))
 
         result = train_sft(config, run_dir, resume=resume is not None, device=device,
-                           provenance=provenance, on_log=report)
+                           provenance=_provenance(), on_log=report)
     except DefocusError as exc:
         _fail(exc)
         return

@@ -11,14 +11,21 @@ Registered on `defocus train`'s app by cli/train.py; torch is imported inside th
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from defocus_cli.cli.train import _export, _fail, _git_revision, app, console
+from defocus_cli.cli.train import (
+    _export,
+    _fail,
+    _provenance,
+    _resumed_config,
+    _set_threads,
+    _step_line,
+    app,
+    console,
+)
 
 
 @app.command("edge-data")
@@ -80,21 +87,12 @@ def edge(
     from defocus_cli.errors import DefocusError, InputError
 
     try:
-        from dataclasses import replace
-
-        import torch
-
         from defocus_cli.models.edge import EdgeNetConfig
         from defocus_cli.pipelines.train_edge import EdgeTrainConfig, load_edge_run_config, train_edge
 
-        if threads < 0:
-            raise InputError(f"--threads must be >= 0, got {threads}")
-        if threads:
-            torch.set_num_threads(threads)
+        _set_threads(threads)
         if resume is not None:
-            config = load_edge_run_config(resume)
-            if steps is not None:
-                config = replace(config, steps=steps)
+            config = _resumed_config(resume, steps, load_edge_run_config)
             run_dir = resume
         else:
             if data is None or output is None:
@@ -107,18 +105,15 @@ def edge(
                                      batch=batch, lr=lr, seed=seed, log_every=log_every, val_every=val_every,
                                      ckpt_every=ckpt_every, init=str(init.resolve()) if init else None)
             run_dir = output
-        provenance = {"command": shlex.join(["defocus", *sys.argv[1:]]), "git_revision": _git_revision()}
-
         def report(record: dict) -> None:
             if record.get("kind") == "val":
                 figures = {k: v for k, v in record.items() if k.startswith("val_") and isinstance(v, float)}
                 console.print(f"step {record['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
             else:
-                console.print(f"step {record['step']}/{config.steps}: loss {record['loss']:.4f} "
-                              f"lr {record['lr']:.2e} {record['steps_per_s']:.2f} it/s")
+                console.print(_step_line(record, config.steps, "loss"))
 
         result = train_edge(config, run_dir, resume=resume is not None, device=device,
-                            provenance=provenance, on_log=report)
+                            provenance=_provenance(), on_log=report)
     except DefocusError as exc:
         _fail(exc)
         return

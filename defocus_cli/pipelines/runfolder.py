@@ -55,6 +55,32 @@ def start(run_dir: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
     write_text(run_dir / "config.json", json.dumps({"config": config, **info}, indent=1))
 
 
+def begin(run_dir: Path, resume: Callable[[], dict[str, Any]] | None, model, optimizer,
+          config: dict[str, Any], info: dict[str, Any], provenance: dict[str, Any] | None
+          ) -> tuple[int, dict[str, Any]]:
+    """A new run (``resume`` None: ``start``) or a resumed one (``resume()`` loads its checkpoint:
+    model and optimizer take its state, ``info`` its provenance, metrics past it are dropped)
+    -> (step, val) to continue from."""
+    if resume is None:
+        start(run_dir, config, info)
+        return 0, {}
+    ckpt = resume()
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    step = int(ckpt["step"])
+    info["provenance"] = {**json.loads(ckpt["info"])["provenance"], "resumed": provenance or {}}
+    drop_metrics_after(run_dir, step)
+    return step, json.loads(ckpt["val"])
+
+
+def checkpoint_state(fmt: int, kind: str, step: int, model, optimizer, config: dict[str, Any],
+                     info: dict[str, Any], val: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What ``save_checkpoint`` writes for these pipelines (see the module docstring)."""
+    return {"format": fmt, "kind": kind, **extra, "step": step, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "config": json.dumps(config), "info": json.dumps(info),
+            "val": json.dumps(val)}
+
+
 def drop_metrics_after(run_dir: Path, step: int) -> None:
     """A killed run logged past its last checkpoint; those steps are redone."""
     path = run_dir / METRICS

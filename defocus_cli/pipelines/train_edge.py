@@ -252,26 +252,15 @@ def train_edge(config: EdgeTrainConfig, run_dir: str | Path, *, resume: bool = F
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    step, val = 0, {}
     info = {"provenance": provenance or {}, "parameters": parameter_count(model),
             "data": {"path": config.data, "train": len(train_set), "val": len(val_set),
                      "record": read_edge_data_record(config.data).get("counts", {})}}
-    if resume:
-        ckpt = load_edge_checkpoint(run_dir)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, val = int(ckpt["step"]), json.loads(ckpt["val"])
-        info["provenance"] = {**json.loads(ckpt["info"])["provenance"], "resumed": provenance or {}}
-        runfolder.drop_metrics_after(run_dir, step)
-    else:
-        runfolder.start(run_dir, config.to_dict(), info)
+    step, val = runfolder.begin(run_dir, (lambda: load_edge_checkpoint(run_dir)) if resume else None,
+                                model, optimizer, config.to_dict(), info, provenance)
 
     def checkpoint(step: int, val: dict[str, Any]) -> None:
-        runfolder.save_checkpoint(run_dir, {"format": CHECKPOINT_FORMAT, "kind": KIND, "stage": config.stage,
-                                            "step": step, "model": model.state_dict(),
-                                            "optimizer": optimizer.state_dict(),
-                                            "config": json.dumps(config.to_dict()), "info": json.dumps(info),
-                                            "val": json.dumps(val)})
+        runfolder.save_checkpoint(run_dir, runfolder.checkpoint_state(
+            CHECKPOINT_FORMAT, KIND, step, model, optimizer, config.to_dict(), info, val, stage=config.stage))
 
     def one_step(step: int) -> torch.Tensor:
         batch = {k: v.to(dev, non_blocking=True) for k, v in make_batch(train_set, pools, config, step).items()}

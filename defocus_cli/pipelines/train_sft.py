@@ -308,26 +308,16 @@ def train_sft(config: SFTTrainConfig, run_dir: str | Path, *, resume: bool = Fal
         model.load_state_dict(init.state_dict())
     model.to(dev).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step, val = 0, {}
     info = {"provenance": provenance or {}, "parameters": parameter_count(model),
             "data": {"path": config.data, "train": len(train_set), "val": len(val_set),
                      "maps": (f"estimated ({config.maps_prob:.0%} of crops; the rest true)" if config.maps
                               else "true")}}
-    if resume:
-        ckpt = load_sft_checkpoint(run_dir)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, val = int(ckpt["step"]), json.loads(ckpt["val"])
-        info["provenance"] = {**json.loads(ckpt["info"])["provenance"], "resumed": provenance or {}}
-        runfolder.drop_metrics_after(run_dir, step)
-    else:
-        runfolder.start(run_dir, config.to_dict(), info)
+    step, val = runfolder.begin(run_dir, (lambda: load_sft_checkpoint(run_dir)) if resume else None,
+                                model, optimizer, config.to_dict(), info, provenance)
 
     def checkpoint(step: int, val: dict[str, Any]) -> None:
-        runfolder.save_checkpoint(run_dir, {"format": CHECKPOINT_FORMAT, "kind": KIND, "step": step,
-                                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "config": json.dumps(config.to_dict()), "info": json.dumps(info),
-                                            "val": json.dumps(val)})
+        runfolder.save_checkpoint(run_dir, runfolder.checkpoint_state(
+            CHECKPOINT_FORMAT, KIND, step, model, optimizer, config.to_dict(), info, val))
 
     step, val = runfolder.run_steps(
         run_dir, optimizer, step=step, steps=config.steps, learning_rate=lambda s: learning_rate(config, s),
