@@ -179,6 +179,7 @@ def train(
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="VGG19 weights: torchvision vgg19 state dict, or the conv1_1-conv3_1 normalised file of ../shared/models (encoder init + network C at relu4_4, or relu3_1 when the file ends there)"),
     init: Optional[Path] = typer.Option(None, "--init", help="start B from these weights (fresh optimiser)"),
     bn: str = typer.Option("batch", "--bn", help="BatchNorm statistics: batch (the paper's) or frozen (re-estimated on full images, then fixed: trains as inference runs)"),
+    ema: float = typer.Option(0.0, "--ema", help="decay of an exponential moving average of B's weights, e.g. 0.999 (0 = none); validation and export then use the average, and validation also reports the last weights (raw_val_*)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -213,7 +214,8 @@ def train(
                 pretrain_steps=pretrain_steps, lr=lr, precision=precision, channels_last=channels_last,
                 seed=seed, ckpt_every=ckpt_every, log_every=log_every, val_max=val_max, val_every=val_every,
                 decay_every_epochs=decay_every, workers=workers,
-                vgg_weights=absolute(vgg_weights), init_weights=absolute(init), bn=bn, lambda_c=lambda_c)
+                vgg_weights=absolute(vgg_weights), init_weights=absolute(init), bn=bn, lambda_c=lambda_c,
+                ema=ema)
             run_dir = output
         n_gpus = gpus if gpus is not None else (1 if torch.cuda.is_available() else 0)
         provenance = _provenance()

@@ -180,3 +180,50 @@ def test_recalibrate_batchnorm_averages_whole_image_statistics(toy):
     assert bn.momentum == 0.1 and not b.training  # restored
     with pytest.raises(InputError, match="--bn"):
         tiny(toy, bn="instance")
+
+
+def test_weight_average_follows_the_decay_formula():
+    from defocus_cli.pipelines.train.step import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    avg = WeightAverage(net, decay=0.9)
+    w0 = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].running_mean.fill_(3.0)
+    avg.update(net)  # first update: d = min(0.9, 1/10) = 0.1
+    torch.testing.assert_close(avg.module[0].weight, w0 + 0.9)
+    torch.testing.assert_close(avg.module[1].running_mean, torch.full((1,), 3.0))  # buffers copied
+    for _ in range(200):
+        avg.update(net)  # d reaches 0.9: the average converges to the fixed weights
+    torch.testing.assert_close(avg.module[0].weight, w0 + 1.0, atol=1e-6, rtol=0)
+    assert avg.updates == 201 and not any(p.requires_grad for p in avg.module.parameters())
+
+
+def test_ema_run_validates_and_exports_the_average_and_resumes_exactly(toy, tmp_path):
+    from defocus_cli.models.registry import load_model
+    from defocus_cli.pipelines.train import export_run
+
+    cfg = tiny(toy, steps=4, ckpt_every=2, ema=0.5)
+    result = train(cfg, tmp_path / "full", device=CPU)
+    assert {"val_mae_px", "raw_val_mae_px"} <= set(result.val)
+    ckpt = load_checkpoint(tmp_path / "full")
+    assert ckpt["B_ema"]["updates"] == 4
+    diff = max((ckpt["B_ema"]["weights"][k] - ckpt["B"][k]).abs().max().item()
+               for k in ckpt["B"] if ckpt["B"][k].is_floating_point())
+    assert diff > 0  # the average lags the last weights
+    meta = export_run(tmp_path / "full", tmp_path / "w.pt", root=tmp_path)
+    assert "moving average" in meta["weights"] and "0.5" in meta["weights"]
+    model, _ = load_model(tmp_path / "w.pt", CPU)
+    for k, v in model.state_dict().items():
+        ref = ckpt["B_ema"]["weights"][k]
+        torch.testing.assert_close(v, ref.half().float() if ref.is_floating_point() else ref)
+    # an interrupted run resumes its average too
+    train(cfg, tmp_path / "cut", device=CPU, stop_after=3)
+    train(cfg, tmp_path / "cut", device=CPU, resume=True)
+    cut = load_checkpoint(tmp_path / "cut")
+    assert cut["B_ema"]["updates"] == 4
+    for k, v in ckpt["B_ema"]["weights"].items():
+        torch.testing.assert_close(cut["B_ema"]["weights"][k], v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="--ema"):
+        tiny(toy, ema=1.0)

@@ -55,6 +55,9 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes per training process
     vgg_weights: str | None = None  # VGG19 weights (models.vgg.load_vgg19_state_dict): encoder init, network C
     init_weights: str | None = None  # start B from shipped weights (fresh optimiser)
+    #: decay of an exponential moving average of B's weights (0 = none); with it, validation and
+    #: export use the average (step.WeightAverage)
+    ema: float = 0.0
     #: "batch": B's BatchNorm layers normalise with each batch's statistics (the paper's);
     #: "frozen": their statistics are first re-estimated on full training images, then held
     #: fixed, so training normalises exactly as inference does (see step.freeze_batchnorm)
@@ -76,6 +79,8 @@ class TrainConfig:
             raise InputError(f"--steps must be >= 1, got {self.steps}")
         if self.val_every is not None and self.val_every < 1:
             raise InputError(f"--val-every must be >= 1, got {self.val_every}")
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError(f"--ema must be in [0, 1), got {self.ema}")
         if self.pretrain_steps < 0 or self.val_max < 0 or self.workers < 0:
             raise InputError("--pretrain-steps, --val-max and --workers must be >= 0")
 

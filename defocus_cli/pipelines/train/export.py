@@ -47,7 +47,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, command: str = "", git_r
     config = TrainConfig.from_dict(json.loads(ckpt["config"]))
     info = json.loads(ckpt["info"])
     b = BlurNet(BlurNetConfig(width=config.width, sigma_max=config.sigma_max))
-    b.load_state_dict(ckpt["B"], strict=True)
+    averaged = ckpt.get("B_ema") is not None
+    b.load_state_dict(ckpt["B_ema"]["weights"] if averaged else ckpt["B"], strict=True)
     b.eval()
     val = json.loads(ckpt["val"])
     if any(isinstance(v, float) and not math.isfinite(v) for v in val.values()):
@@ -58,6 +59,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, command: str = "", git_r
         "width": config.width,
         "sigma_max": config.sigma_max,
         "steps": int(ckpt["step"]),
+        "weights": (f"exponential moving average of the training weights (decay {config.ema})"
+                    if averaged else "the last step's weights"),
         "nets_trained": prov["nets_trained"],
         "nets_requested": prov["nets_requested"],
         "encoder_init": prov["encoder_init"],

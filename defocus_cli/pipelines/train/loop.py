@@ -111,7 +111,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: torch.device, dis
                 append_metrics(run_dir, record)
             emit(TrainEvent("step", step, total, record))
         if step % (config.val_every or spe) == 0 or last:
-            val_metrics = validate(trainer.b, prep.val, config, device, trainer.dtype, dist_ctx)
+            val_metrics = validate(trainer.b_eval, prep.val, config, device, trainer.dtype, dist_ctx)
+            if trainer.ema is not None and val_metrics:  # the last weights beside their average
+                raw = validate(trainer.b, prep.val, config, device, trainer.dtype, dist_ctx)
+                val_metrics.update({f"raw_{k}": v for k, v in raw.items() if k != "val_images"})
             if val_metrics:
                 record = {"step": step, "epoch": step / spe, "kind": "val", **val_metrics}
                 if rank0:

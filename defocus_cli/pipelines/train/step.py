@@ -8,6 +8,7 @@ so a GPU runs ahead of Python. The loop reads the terms once per log interval.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
@@ -144,6 +145,35 @@ class _DiscriminatorLoss(nn.Module):
         return terms
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights (Polyak averaging).
+
+    After each update: avg <- d * avg + (1 - d) * current, with d = min(decay, (1 + n) / (10 + n))
+    after n updates, so a run from random weights is not dominated by them. Buffers (BatchNorm
+    statistics) are copied, not averaged. ``module`` is the averaged network, ready for eval.
+    """
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(net).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.module.parameters()), list(net.parameters()), 1.0 - d)
+        for mine, theirs in zip(self.module.buffers(), net.buffers()):
+            mine.copy_(theirs)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"weights": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["weights"])
+        self.updates = int(state["updates"])
+
+
 class Trainer:
     """The networks, their optimisers and schedulers, and one alternating update.
 
@@ -180,6 +210,7 @@ class Trainer:
             self.g_run, self.d_run = self.g_loss, self.d_loss
         g_params = list(self.b.parameters()) + (list(self.s.parameters()) if self.s else [])
         self.opt_g = torch.optim.Adam(g_params, lr=config.lr)
+        self.ema = WeightAverage(self.b, config.ema) if config.ema > 0 else None
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=config.lr) if self.d else None
 
         def decay(step: int) -> float:  # x lr_decay every decay_every_epochs epochs
@@ -213,6 +244,8 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         terms["L_g"].backward()
         self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.b)
         return {k: v.detach() for k, v in terms.items()}, feats
 
     def d_step(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -245,17 +278,24 @@ class Trainer:
             self.sched_d.step()
         return terms
 
+    @property
+    def b_eval(self) -> BlurNet:
+        """The network B that validation and export use: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.b
+
     def state_dict(self) -> dict:
         def sd(x):
             return None if x is None else x.state_dict()
 
         return {"B": sd(self.b), "S": sd(self.s), "D": sd(self.d), "opt_G": sd(self.opt_g),
-                "opt_D": sd(self.opt_d), "sched_G": sd(self.sched_g), "sched_D": sd(self.sched_d)}
+                "opt_D": sd(self.opt_d), "sched_G": sd(self.sched_g), "sched_D": sd(self.sched_d),
+                "B_ema": sd(self.ema)}
 
     def load_state_dict(self, state: dict) -> None:
         for key, target in (("B", self.b), ("S", self.s), ("D", self.d), ("opt_G", self.opt_g),
-                            ("opt_D", self.opt_d), ("sched_G", self.sched_g), ("sched_D", self.sched_d)):
+                            ("opt_D", self.opt_d), ("sched_G", self.sched_g), ("sched_D", self.sched_d),
+                            ("B_ema", self.ema)):
             if target is not None:
                 if state.get(key) is None:
-                    raise WeightsError(f"checkpoint has no {key} state; it was made with other --nets")
+                    raise WeightsError(f"checkpoint has no {key} state; it was made with other --nets or --ema")
                 target.load_state_dict(state[key])
