@@ -250,11 +250,14 @@ def export(
     run_dir: Path = typer.Argument(..., help="a training run folder"),
     output: Path = typer.Option(..., "-o", "--output", help="weights file to write, e.g. weights/NAME.pt"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing weights file"),
+    last: bool = typer.Option(False, "--last", help="the last step's weights even when the run keeps a moving average (--ema)"),
 ) -> None:
     """Write the run's network B as fp16 weights + JSON metadata (for --weights / the registry)."""
+    from functools import partial
+
     from defocus_cli.pipelines.train import export_run
 
-    meta = _export(export_run, run_dir, output, overwrite)
+    meta = _export(partial(export_run, average=not last), run_dir, output, overwrite)
     if meta is None:
         return
     val = meta["val_metrics"]

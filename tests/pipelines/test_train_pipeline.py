@@ -218,6 +218,12 @@ def test_ema_run_validates_and_exports_the_average_and_resumes_exactly(toy, tmp_
     for k, v in model.state_dict().items():
         ref = ckpt["B_ema"]["weights"][k]
         torch.testing.assert_close(v, ref.half().float() if ref.is_floating_point() else ref)
+    last = export_run(tmp_path / "full", tmp_path / "last.pt", root=tmp_path, average=False)
+    assert last["weights"] == "the last step's weights"
+    model, _ = load_model(tmp_path / "last.pt", CPU)
+    for k, v in model.state_dict().items():
+        ref = ckpt["B"][k]
+        torch.testing.assert_close(v, ref.half().float() if ref.is_floating_point() else ref)
     # an interrupted run resumes its average too
     train(cfg, tmp_path / "cut", device=CPU, stop_after=3)
     train(cfg, tmp_path / "cut", device=CPU, resume=True)

@@ -35,8 +35,10 @@ def portable_paths(obj: Any, root: Path) -> Any:
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, command: str = "", git_revision: str = "",
-               root: str | Path | None = None) -> dict:
-    """Write the run's network B as shipped fp16 weights + JSON metadata (registry.save_weights).
+               root: str | Path | None = None, average: bool = True) -> dict:
+    """Write the run's network B as shipped fp16 weights + JSON metadata (registry.save_weights):
+    the moving average of its weights when the run keeps one (``--ema``) and ``average``, else
+    the last step's.
 
     Paths in the metadata are written relative to ``root`` (default: the current folder, the
     repository when run from it). Returns the metadata written.
@@ -47,7 +49,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, command: str = "", git_r
     config = TrainConfig.from_dict(json.loads(ckpt["config"]))
     info = json.loads(ckpt["info"])
     b = BlurNet(BlurNetConfig(width=config.width, sigma_max=config.sigma_max))
-    averaged = ckpt.get("B_ema") is not None
+    averaged = average and ckpt.get("B_ema") is not None
     b.load_state_dict(ckpt["B_ema"]["weights"] if averaged else ckpt["B"], strict=True)
     b.eval()
     val = json.loads(ckpt["val"])
