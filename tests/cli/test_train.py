@@ -57,6 +57,22 @@ def test_train_then_export(toy, tmp_path):
     assert "done: 3 steps" in res.output
 
 
+def test_ema_run_exports_the_average_or_with_last_the_last_weights(toy, tmp_path):
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["--data", str(toy), "-o", str(run), "--steps", "2", "--ema", "0.9", *TINY])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "config.json").read_text())["config"]["ema"] == 0.9
+    val = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "val"][-1]
+    assert {"val_mae_px", "raw_val_mae_px"} <= set(val)
+    for flags, expected in (([], "moving average"), (["--last"], "last step")):
+        out = tmp_path / f"w{len(flags)}.pt"
+        res = runner.invoke(app, ["export", str(run), "-o", str(out), *flags])
+        assert res.exit_code == 0, res.output
+        assert expected in json.loads(out.with_suffix(".json").read_text())["weights"]
+    res = runner.invoke(app, ["--data", str(toy), "-o", str(tmp_path / "bad"), "--ema", "1.5", *TINY])
+    assert res.exit_code == 2 and "--ema" in res.output
+
+
 def test_clear_errors(toy, tmp_path):
     res = runner.invoke(app, ["-o", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--data" in res.output
