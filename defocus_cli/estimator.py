@@ -189,11 +189,15 @@ def load_estimator(model: str = DEFAULT_MODEL, weights: str | Path | None = None
 def load_variant(spec: str, device: str = "auto") -> Any:
     """A registry estimator with settings of its edge map changed: "MODEL[:field=value,...]",
     e.g. "fused:fine_points=0" (fields of ``pipelines.edge_estimate.EdgeConfig``; benchmarks and
-    figures compare settings with it). Raises ValueError for an unknown field or a bad value."""
+    figures compare settings with it); MODEL may be a weights file (``.pt``) instead of a name.
+    Raises ValueError for an unknown field or a bad value."""
     from dataclasses import fields, replace
 
     model, _, overrides = spec.partition(":")
-    est = load_estimator(model, device=device)
+    if model.endswith(".pt"):
+        est = load_estimator(weights=model, device=device)
+    else:
+        est = load_estimator(model, device=device)
     if not overrides:
         return est
     if not isinstance(est, EdgeEstimator):

@@ -1,13 +1,15 @@
 """Figures of real defocused photos and the map of each estimator, side by side.
 
     python scripts/make_estimators_figure.py [--photos DSC_0004.jpg DSC_0045.jpg ...]
-        [--models dmenet-lite edge fused] [--folder f2.8-half] [--mark-below PX] [--width 320]
+        [--models dmenet-lite edge fused runs/X/weights.pt ...] [--folder f2.8-half] [--mark-below PX] [--width 320]
         [-o examples/estimators-outdoor.jpg]
 
 The README's two figures:
     python scripts/make_estimators_figure.py
     python scripts/make_estimators_figure.py --folder f2.8-full --photos DSC_0001.jpg DSC_0004.jpg \
         --models dmenet-lite fused:fine_points=0 fused --mark-below 1 -o examples/full-res-outdoor.jpg
+
+A model is a registry name, a variant (``estimator.load_variant``) or a weights file (.pt).
 
 Photos: ../shared/data/real/dfd-outdoor/FOLDER/ (or $DEFOCUS_SHARED_DATA), real f/2.8 shots of
 Carvalho et al. (3DRW ECCV Workshop 2018), shown downscaled. Every map is made by the library's

@@ -185,3 +185,5 @@ def test_load_variant_changes_edge_settings_and_rejects_the_rest():
         load_variant("dmenet-lite:blend=0.1", device="cpu")
     with pytest.raises(ValueError):
         load_variant("fused:fine_points=many", device="cpu")
+    from_file = load_variant(str(REPO / "weights" / "dmenet-lite.pt"), device="cpu")
+    assert from_file.describe()["sha256"] == load_variant("dmenet-lite", device="cpu").describe()["sha256"]
