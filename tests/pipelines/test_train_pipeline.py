@@ -91,6 +91,7 @@ def test_export_round_trips_through_the_registry(toy, tmp_path):
     result = train(tiny(toy, steps=1, init_weights=str(tmp_path / "w" / "toy.pt")), tmp_path / "cont", device=CPU)
     assert result.step == 1
     assert "toy.pt" in json.loads((tmp_path / "cont" / "config.json").read_text())["provenance"]["encoder_init"]
+    assert not any("random" in n for n in result.notes)  # B starts from the file, not at random
     with pytest.raises(InputError, match="--width 0.25"):
         train(tiny(toy, steps=1, width=0.5, init_weights=str(tmp_path / "w" / "toy.pt")), tmp_path / "bad", device=CPU)
 

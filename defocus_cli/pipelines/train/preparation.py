@@ -56,12 +56,14 @@ def prepare(config: TrainConfig) -> Prepared:
     notes += net_notes
     if vgg_sd is None:
         encoder_init = "Kaiming-normal random init (no ImageNet VGG19 weights were given)"
-        notes.append("encoder initialised randomly (Kaiming): pass --vgg-weights (torchvision's vgg19 "
-                     "state dict, or ../shared/models/vgg19_normalised_to_conv3_1.pth) for the "
-                     "paper's ImageNet initialisation")
+        if not config.init_weights:
+            notes.append("encoder initialised randomly (Kaiming): pass --vgg-weights (torchvision's vgg19 "
+                         "state dict, or ../shared/models/vgg19_normalised_to_conv3_1.pth) for the "
+                         "paper's ImageNet initialisation")
     elif config.width != 1.0:
         encoder_init = f"Kaiming-normal random init (ImageNet VGG19 does not fit width {config.width})"
-        notes.append(f"VGG19 weights fit only width 1.0: the width-{config.width} encoder starts random")
+        if not config.init_weights:
+            notes.append(f"VGG19 weights fit only width 1.0: the width-{config.width} encoder starts random")
     else:
         reach = "conv1_1-conv3_1" if "features.12.weight" not in vgg_sd else "all"
         encoder_init = f"ImageNet VGG19 ({Path(config.vgg_weights).name}; {reach} of its convolutions)"
