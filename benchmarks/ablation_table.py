@@ -52,7 +52,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     if args.baseline is not None:
         print("| " + " | ".join(["start", "0", ""] + errors(args.baseline)) + " |")
-    for arm in sorted(p for p in args.root.iterdir() if (p / "metrics.jsonl").exists()):
+    arms = [p for p in args.root.iterdir() if (p / "metrics.jsonl").exists()]
+    for arm in sorted(arms, key=lambda p: (len(p.name), p.name)):  # B, BD, BDS, BDCS
         step, rate = throughput(arm / "metrics.jsonl")
         print("| " + " | ".join([arm.name, str(step), rate] + errors(arm / "eval")) + " |")
 

@@ -14,7 +14,8 @@
 # - C: relu3_1 of the ImageNet VGG19 file of ../shared/models (--lambda-c LAMBDA_C).
 # Every arm starts from weights/dmenet-lite.pt with frozen BatchNorm statistics (its stage 2),
 # seed 0, width 0.25, 128 px crops, 2 gloo processes of batch 4, Adam 1e-4.
-# Environment: DEFOCUS_SHARED_DATA (default ../shared/data), LAMBDA_C (default 5e-3: L_C on normalised relu3_1 reads ~1.5 against L_B ~0.08
+# Environment: DEFOCUS_SHARED_DATA (default ../shared/data), EXTRA (more `defocus train` options for
+# new runs, e.g. "--ema 0.999"), LAMBDA_C (default 5e-3: L_C on normalised relu3_1 reads ~1.5 against L_B ~0.08
 # from these weights, so the paper's 1e-4 would leave it at 0.2 % of L_B; 5e-3 puts it near L_S and L_adv), RUN (runs/ablation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,8 @@ for arm in $ARMS; do
   if [ -f "$dir/checkpoint.pt" ]; then
     defocus train --resume "$dir" --steps "$STEPS"
   else
-    defocus train "${COMMON[@]}" --nets "$arm" --steps "$STEPS" -o "$dir"
+    # shellcheck disable=SC2086  # EXTRA is a list of options
+    defocus train "${COMMON[@]}" --nets "$arm" --steps "$STEPS" -o "$dir" ${EXTRA:-}
   fi
   defocus train export "$dir" -o "$dir/weights.pt" --overwrite
   mkdir -p "$dir/eval"
