@@ -2,7 +2,8 @@
 # The paper's ablation of DMENet's sub-networks (B, BD, BDS, BDCS) at equal steps from the same
 # weights, on the 8008-sample synthetic set, then each arm evaluated on both val splits.
 #
-#   scripts/train_ablation.sh [STEPS] [ARMS]       (defaults 600 and "B BD BDS BDCS"; re-running resumes)
+#   scripts/train_ablation.sh [STEPS] [ARMS]       (defaults 400 and "B BD BDS BDCS"; re-running resumes)
+#   python benchmarks/ablation_table.py "$RUN" --baseline "$RUN/baseline"     (the table)
 #
 # Data (all gitignored, rebuilt here when absent):
 # - D_S: datasets/syndof-large (scripts/make_dataset_large.sh) merged with the real labelled
@@ -14,13 +15,14 @@
 # - C: relu3_1 of the ImageNet VGG19 file of ../shared/models (--lambda-c LAMBDA_C).
 # Every arm starts from weights/dmenet-lite.pt with frozen BatchNorm statistics (its stage 2),
 # seed 0, width 0.25, 128 px crops, 2 gloo processes of batch 4, Adam 1e-4.
-# Environment: DEFOCUS_SHARED_DATA (default ../shared/data), EXTRA (more `defocus train` options for
-# new runs, e.g. "--ema 0.999"), LAMBDA_C (default 5e-3: L_C on normalised relu3_1 reads ~1.5 against L_B ~0.08
-# from these weights, so the paper's 1e-4 would leave it at 0.2 % of L_B; 5e-3 puts it near L_S and L_adv), RUN (runs/ablation).
+# Environment: DEFOCUS_SHARED_DATA (default ../shared/data), RUN (default runs/ablation), EXTRA
+# (more `defocus train` options for new runs, e.g. "--ema 0.999"), LAMBDA_C (default 5e-3: L_C on
+# normalised relu3_1 reads ~1.5 against L_B ~0.08 from these weights, so the paper's 1e-4 would
+# leave it at 0.2 % of L_B; 5e-3 puts it near lambda_S L_S and lambda_adv L_adv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${DEFOCUS_SHARED_DATA:-../shared/data}"
-STEPS="${1:-600}"
+STEPS="${1:-400}"
 ARMS="${2:-B BD BDS BDCS}"
 RUN="${RUN:-runs/ablation}"
 
@@ -60,6 +62,12 @@ COMMON=(--data datasets/large-mix --gpus 0 --cpu-procs 2 --threads 1 --width 0.2
         --ckpt-every 100 --log-every 10 --val-max 24 --val-every 200
         --real datasets/real-domain --real-masks datasets/dfd-real --real-exclude datasets/dfd-real/manifest.jsonl
         --vgg-weights "$DATA/../models/vgg19_normalised_to_conv3_1.pth" --lambda-c "${LAMBDA_C:-5e-3}")
+evaluate() {  # evaluate WEIGHTS DIR: both val splits
+  mkdir -p "$2"
+  defocus eval datasets/syndof-large --split val --weights "$1" --no-per-image -o "$2/syndof-large-val.json"
+  defocus eval datasets/dfd-real --split val --weights "$1" --no-per-image -o "$2/dfd-real-val.json"
+}
+[ -f "$RUN/baseline/dfd-real-val.json" ] || evaluate weights/dmenet-lite.pt "$RUN/baseline"
 for arm in $ARMS; do
   dir="$RUN/$arm"
   if [ -f "$dir/checkpoint.pt" ]; then
@@ -69,7 +77,5 @@ for arm in $ARMS; do
     defocus train "${COMMON[@]}" --nets "$arm" --steps "$STEPS" -o "$dir" ${EXTRA:-}
   fi
   defocus train export "$dir" -o "$dir/weights.pt" --overwrite
-  mkdir -p "$dir/eval"
-  defocus eval datasets/syndof-large --split val --weights "$dir/weights.pt" --no-per-image -o "$dir/eval/syndof-large-val.json"
-  defocus eval datasets/dfd-real --split val --weights "$dir/weights.pt" --no-per-image -o "$dir/eval/dfd-real-val.json"
+  evaluate "$dir/weights.pt" "$dir/eval"
 done
