@@ -187,8 +187,6 @@ def train(
     from defocus_cli.errors import DefocusError, InputError
 
     try:
-        from dataclasses import replace
-
         import torch
 
         from defocus_cli.pipelines.train import TrainConfig, launch, load_run_config
@@ -196,9 +194,7 @@ def train(
         if resume is not None:
             if output is not None and output.resolve() != resume.resolve():
                 raise InputError(f"--resume {resume} continues that folder; drop -o {output}")
-            config = load_run_config(resume)
-            if steps is not None:
-                config = replace(config, steps=steps)
+            config = _resumed_config(resume, steps, load_run_config)
             run_dir = resume
         else:
             if data is None or output is None:
