@@ -225,7 +225,7 @@ def _load_network_b(model: str, weights: str | Path | None, device: str, precisi
     net, meta = load_model(weights if weights is not None else model, dev)
     # BN folded into the convolutions and NHWC layout: both measured faster for inference
     # (benchmarks/README.md); the outputs are the same to float rounding
-    net = fuse_for_inference(net).to(memory_format=torch.channels_last)
+    net = fuse_for_inference(net, inplace=True).to(memory_format=torch.channels_last)
     return Estimator(net, meta, dev, dtype)
 
 

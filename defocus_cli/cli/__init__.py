@@ -6,7 +6,12 @@ Nothing heavy is imported here or at the top of the command modules, so `defocus
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import multiprocessing
+import os
+import sys
+import threading
 
 import typer
 
@@ -76,4 +81,33 @@ _register()
 
 
 def main() -> None:
-    app()
+    """The console entry point: runs the app, then ends the process (see ``exit_now``)."""
+    try:
+        app()
+    except SystemExit as e:
+        exit_now(e.code)
+    exit_now(0)
+
+
+def exit_now(code: int | str | None) -> None:
+    """End the process with ``code``, skipping the interpreter's teardown when that is safe.
+
+    Once torch is loaded, tearing its modules down takes 0.3-1 s after every command has
+    finished (a 12 MP `defocus estimate`: 6.1 s end to end, of which 0.95 s after the last
+    atexit handler; benchmarks/README.md). When only the main thread is left, no child process
+    runs and Ray is not loaded, the atexit handlers run, the streams are flushed and the process
+    ends with ``os._exit``. Otherwise, and for a message code, it exits as usual.
+    """
+    if code is None:
+        code = 0
+    fast = (isinstance(code, int) and "torch" in sys.modules and "ray" not in sys.modules
+            and threading.active_count() == 1 and not multiprocessing.active_children())
+    if not fast:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be written
+            pass
+    os._exit(code)

@@ -119,4 +119,8 @@ def test_fused_inference_copy_matches_and_has_no_batchnorm():
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
     x = torch.rand(1, 3, 37, 50)
     with torch.no_grad():
-        assert torch.allclose(model(x), fused(x), atol=1e-5)
+        expected = model(x)
+        assert torch.allclose(expected, fused(x), atol=1e-5)
+        in_place = fuse_for_inference(model, inplace=True)
+        assert in_place is model and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert torch.allclose(expected, model(x), atol=1e-5)
