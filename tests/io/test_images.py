@@ -160,3 +160,43 @@ def test_preview_colours_follow_the_range(tmp_path):
     save_preview(tmp_path / "p.png", np.tile(values, (3, 1)), 0.0, 2.0)
     back = cv2.imread(str(tmp_path / "p.png"))[..., ::-1].astype(np.float32) / 255
     assert np.allclose(back[1], rgb[0], atol=1e-6)
+
+
+def _png_row_filters(path: Path) -> set[int]:
+    """The filter byte of every row of a non-interlaced PNG (0 None, 1 Sub, 2 Up, 3 Avg, 4 Paeth)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    width, height, depth, colour = header[:4]
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    stride = 1 + width * channels * depth // 8
+    raw = zlib.decompress(idat)
+    assert len(raw) == stride * height
+    return {raw[r * stride] for r in range(height)}
+
+
+@pytest.mark.skipif(not hasattr(cv2, "IMWRITE_PNG_FILTER"), reason="this OpenCV cannot choose the PNG filter")
+def test_map_pngs_use_the_up_filter_and_stay_exact(tmp_path):
+    from defocus_cli.io.images import encode_png16, save_preview
+
+    # a smooth map with texture: libpng's own per-row choice mixes filters on it
+    y, x = np.mgrid[0:64, 0:80].astype(np.float32)
+    sigma = 3 + 2 * np.sin(x / 7) * np.cos(y / 5) + np.random.default_rng(0).uniform(0, 0.3, (64, 80))
+    sigma = sigma.astype(np.float32)
+    save_png16(tmp_path / "m.png", sigma)
+    save_preview(tmp_path / "p.png", sigma, 0.0, 6.0)
+    assert _png_row_filters(tmp_path / "m.png") == {2}
+    assert _png_row_filters(tmp_path / "p.png") == {2}
+    assert np.array_equal(cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED), encode_png16(sigma))
+    cv2.imwrite(str(tmp_path / "adaptive.png"), encode_png16(sigma), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    assert len(_png_row_filters(tmp_path / "adaptive.png")) > 1  # the check can tell them apart
