@@ -104,7 +104,7 @@ def exit_now(code: int | str | None) -> None:
             and threading.active_count() == 1 and not multiprocessing.active_children())
     if not fast:
         sys.exit(code)
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what the interpreter would run first at exit (CPython's own hook)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
