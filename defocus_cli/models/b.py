@@ -208,7 +208,8 @@ class BlurNet(nn.Module):
 
 
 def fuse_for_inference(model: BlurNet, inplace: bool = False) -> BlurNet:
-    """An eval-mode copy of ``model`` with every BatchNorm folded into the convolution before it.
+    """An eval-mode copy of ``model`` (``model`` itself with ``inplace``) with every BatchNorm
+    folded into the convolution before it.
 
     Same outputs (to float rounding) with one pass less over memory per conv-BN pair, which is
     what limits the narrow layers of the lighter variants on a CPU. Not for training.

@@ -42,7 +42,7 @@ def test_without_torch_exits_as_usual():
     assert out.stdout == "unflushed atexit torn-down"
 
 
-def test_a_live_thread_or_child_process_keeps_the_usual_exit():
+def test_a_live_thread_keeps_the_usual_exit():
     out = _run("""
         import threading, torch
         from defocus_cli.cli import exit_now

@@ -54,21 +54,22 @@ def prepare(config: TrainConfig) -> Prepared:
     vgg_sd = load_vgg19_state_dict(config.vgg_weights) if config.vgg_weights else None
     active, net_notes = resolve_nets(config, bool(real), bool(masked), vgg_sd is not None)
     notes += net_notes
+    random_note = None  # said only when B does not start from --init weights
     if vgg_sd is None:
         encoder_init = "Kaiming-normal random init (no ImageNet VGG19 weights were given)"
-        if not config.init_weights:
-            notes.append("encoder initialised randomly (Kaiming): pass --vgg-weights (torchvision's vgg19 "
-                         "state dict, or ../shared/models/vgg19_normalised_to_conv3_1.pth) for the "
-                         "paper's ImageNet initialisation")
+        random_note = ("encoder initialised randomly (Kaiming): pass --vgg-weights (torchvision's vgg19 "
+                       "state dict, or ../shared/models/vgg19_normalised_to_conv3_1.pth) for the "
+                       "paper's ImageNet initialisation")
     elif config.width != 1.0:
         encoder_init = f"Kaiming-normal random init (ImageNet VGG19 does not fit width {config.width})"
-        if not config.init_weights:
-            notes.append(f"VGG19 weights fit only width 1.0: the width-{config.width} encoder starts random")
+        random_note = f"VGG19 weights fit only width 1.0: the width-{config.width} encoder starts random"
     else:
         reach = "conv1_1-conv3_1" if "features.12.weight" not in vgg_sd else "all"
         encoder_init = f"ImageNet VGG19 ({Path(config.vgg_weights).name}; {reach} of its convolutions)"
     if config.init_weights:
         encoder_init = f"all of B from {config.init_weights}"
+    elif random_note:
+        notes.append(random_note)
     content = ContentNet(vgg_sd) if "C" in active else None
     content_desc = (f"VGG19 {content.layer} ({Path(config.vgg_weights).name})" if content is not None
                     else "none: L_C dropped" + ("" if "C" in config.nets else " (not requested)"))
