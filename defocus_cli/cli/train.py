@@ -87,8 +87,9 @@ class ProgressReporter:
             for note in event.notes:
                 out.print(f"[yellow]note:[/] {note}")
             m = event.metrics
-            out.print(f"training {m['nets']} on {m['world']} process(es) in {m['precision']}, "
-                      f"{m['steps_per_epoch']} steps/epoch")
+            teacher = f" + L_T on {m['real_maps']} real photos' maps" if m.get("real_maps") else ""
+            out.print(f"training {m['nets']}{teacher} on {m['world']} process(es) in "
+                      f"{m['precision']}, {m['steps_per_epoch']} steps/epoch")
             self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                                       console=out)
@@ -154,6 +155,8 @@ def train(
     real: Optional[Path] = typer.Option(None, "--real", help="folder of real defocused photos (D_R)"),
     real_masks: Optional[Path] = typer.Option(None, "--real-masks", help="dataset folder (image/ + mask/) or masks named like the --real photos (D_B)"),
     real_exclude: Optional[Path] = typer.Option(None, "--real-exclude", help="names to hold out of D_R/D_B: a text list, or a manifest.jsonl (non-train entries held out)"),
+    real_maps: Optional[Path] = typer.Option(None, "--real-maps", help="pseudo-labels for the --real photos: a folder of NAME.defocus.npy from another estimator (`defocus estimate REAL -o DIR --maps npy`); B then also learns L_T, the blur-map loss against them"),
+    lambda_t: float = typer.Option(1.0, "--lambda-t", help="weight of L_T (with --real-maps; L_B's weight is 1)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run folder (checkpoints, metrics.jsonl)"),
     nets: str = typer.Option("BDCS", "--nets", help="sub-networks: B, BD, BDC, BDCS (the paper's ablations)"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="local CUDA processes (DDP, one per GPU); 0 = CPU; under torchrun: CUDA if > 0 [default: 1 if CUDA else 0]"),
@@ -205,7 +208,7 @@ def train(
 
             config = TrainConfig(
                 data=absolute(data), real=absolute(real), real_masks=absolute(real_masks),
-                real_exclude=absolute(real_exclude),
+                real_exclude=absolute(real_exclude), real_maps=absolute(real_maps), lambda_t=lambda_t,
                 nets=nets, width=width, crop=crop, batch=batch, epochs=epochs, steps=steps,
                 pretrain_steps=pretrain_steps, lr=lr, precision=precision, channels_last=channels_last,
                 seed=seed, ckpt_every=ckpt_every, log_every=log_every, val_max=val_max, val_every=val_every,

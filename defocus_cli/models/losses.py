@@ -23,6 +23,9 @@ class LossWeights:
     content: float = 1e-4  # lambda_C, Eq. 3 (feature MSE is large in magnitude)
     sharpness: float = 2e-2  # lambda_S, Eq. 3
     aux: float = 1.0  # lambda_aux, Eq. 5
+    #: lambda_T: L_T, the blur-map loss (Eq. 5) on real photos against another estimator's maps
+    #: (pseudo-labels; not in the paper)
+    teacher: float = 1.0
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -125,9 +128,10 @@ def generator_objective(l_b: torch.Tensor, weights: LossWeights, *,
                         l_c: torch.Tensor | None = None,
                         l_adv_real: torch.Tensor | None = None,
                         l_adv_masked: torch.Tensor | None = None,
-                        l_s: torch.Tensor | None = None) -> torch.Tensor:
+                        l_s: torch.Tensor | None = None,
+                        l_t: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 3: L_g = mean_S[L_B + lambda_C L_C] + mean_B[lambda_adv L_adv + lambda_S L_S]
-    + lambda_adv mean_R[L_adv].
+    + lambda_adv mean_R[L_adv], plus lambda_T mean_R[L_T] when D_R has pseudo-labels.
 
     Each argument is already a mean over its set's mini-batch; a term that is None (its network or
     its data is absent) is left out.
@@ -141,6 +145,8 @@ def generator_objective(l_b: torch.Tensor, weights: LossWeights, *,
         total = total + weights.sharpness * l_s
     if l_adv_real is not None:
         total = total + weights.adv * l_adv_real
+    if l_t is not None:
+        total = total + weights.teacher * l_t
     return total
 
 

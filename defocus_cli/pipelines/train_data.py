@@ -9,7 +9,9 @@
       DATASET/dataset.json       free-form description, copied into the run's metadata
 
 - D_R, real without labels: any folder of photos, or a dataset folder (its ``train`` split).
-  Scenes an evaluation uses must be held out: ``exclude`` names them.
+  Scenes an evaluation uses must be held out: ``exclude`` names them. Optionally with
+  pseudo-labels: another estimator's maps of the same photos (``MAPS/NAME.defocus.npy``, sigma in
+  px of the photo, from `defocus estimate REAL -o MAPS --maps npy`), cropped with the photo.
 - D_B, real with binary blur masks: a dataset folder with image/ + mask/ (+ manifest.jsonl), or a
   folder of masks named like the D_R photos. Mask values follow ops.masks: 255 blurred, 0 sharp,
   any other value unknown (NaN in the labels, left out of L_S).
@@ -185,6 +187,24 @@ def real_photos(root: str | Path, exclude: set[str]) -> list[Path]:
     return [p for p in photos if p.stem not in exclude]
 
 
+def real_photo_maps(folder: str | Path, photos: list[Path]) -> list[Path]:
+    """The pseudo-label map of each D_R photo: ``folder/NAME.defocus.npy``, in the photos' order.
+
+    Raises InputError naming the first photos without a map (every photo needs one, so that a
+    real crop always comes with its target).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: --real-maps folder not found")
+    maps = [root / f"{p.stem}.defocus.npy" for p in photos]
+    missing = [p.name for p, m in zip(photos, maps) if not m.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputError(f"{root}: no map for {shown} of the --real photos; make them with "
+                         f"`defocus estimate REAL -o {root} --maps npy`")
+    return maps
+
+
 def masked_photos(masks: str | Path, photos: list[Path] | None, exclude: set[str]) -> list[tuple[Path, Path]]:
     """D_B: (photo, mask) pairs from a dataset folder (image/ + mask/, train split) or from a
     folder of masks named like ``photos`` (matched by file stem)."""
@@ -269,14 +289,19 @@ class StepBatches(torch.utils.data.Dataset):
     """Map-style dataset indexed by the global step: item ``s`` is this rank's batch for step s.
 
     Returns a dict: "synth" (B, 3, c, c) float32 RGB [0, 1], "target" (B, 1, c, c) sigma/sigma_max
-    with NaN holes; "real" (B, 3, c, c) when D_R exists; "masked" (B, 3, c, c) and "mask"
+    with NaN holes; "real" (B, 3, c, c) when D_R exists, with "real_target" (B, 1, c, c) its
+    pseudo-labels / sigma_max when ``real_maps`` is given; "masked" (B, 3, c, c) and "mask"
     (B, 1, c, c) in {0, 1} when D_B exists.
     """
 
-    def __init__(self, synth: SynthSet, real: list[Path], masked: list[tuple[Path, Path]], plan: BatchPlan) -> None:
+    def __init__(self, synth: SynthSet, real: list[Path], masked: list[tuple[Path, Path]], plan: BatchPlan,
+                 real_maps: list[Path] | None = None) -> None:
         if len(synth) == 0:
             raise InputError(f"{synth.root}: the train split is empty")
+        if real_maps is not None and len(real_maps) != len(real):
+            raise ValueError(f"StepBatches: {len(real_maps)} maps for {len(real)} real photos")
         self.synth, self.real, self.masked, self.plan = synth, real, masked, plan
+        self.real_maps = real_maps
         self.spe = steps_per_epoch(len(synth), plan.batch, plan.world)
         self._perm_epoch = -1
         self._perm = np.arange(0)
@@ -311,10 +336,22 @@ class StepBatches(torch.utils.data.Dataset):
         out["target"] = torch.stack(targets)
         if self.real:
             rng = np.random.default_rng([p.seed, step, p.rank, _REAL])
-            out["real"] = torch.stack([
-                _chw(augment([_read_rgb(self.real[int(i)])], p.crop, rng, [0.0])[0])
-                for i in self._draw(len(self.real), step, _REAL)
-            ])
+            imgs, targets = [], []
+            for i in self._draw(len(self.real), step, _REAL):
+                rgb = _read_rgb(self.real[int(i)])
+                if self.real_maps is None:
+                    imgs.append(_chw(augment([rgb], p.crop, rng, [0.0])[0]))
+                    continue
+                sigma = load_map(self.real_maps[int(i)]).astype(np.float32)
+                if sigma.shape != rgb.shape[:2]:
+                    raise InputError(f"{self.real_maps[int(i)]}: map size {sigma.shape} differs from "
+                                     f"{self.real[int(i)]}'s {rgb.shape[:2]}")
+                rgb, sigma = augment([rgb, sigma], p.crop, rng, [0.0, np.nan])
+                imgs.append(_chw(rgb))
+                targets.append(torch.from_numpy(sigma / np.float32(p.sigma_max))[None])
+            out["real"] = torch.stack(imgs)
+            if targets:
+                out["real_target"] = torch.stack(targets)
         if self.masked:
             rng = np.random.default_rng([p.seed, step, p.rank, _MASKED])
             imgs, masks = [], []

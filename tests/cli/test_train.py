@@ -73,6 +73,27 @@ def test_ema_run_exports_the_average_or_with_last_the_last_weights(toy, tmp_path
     assert res.exit_code == 2 and "--ema" in res.output
 
 
+def test_real_maps_train_l_t_and_are_recorded(toy, tmp_path):
+    import numpy as np
+
+    from defocus_cli.io.images import save_npy
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for photo in (toy / "image").glob("*.png"):
+        save_npy(maps / f"{photo.stem}.defocus.npy", np.full((48, 48), 1.5, np.float32))
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["--data", str(toy), "-o", str(run), "--steps", "2", "--real", str(toy / "image"),
+                              "--real-maps", str(maps), "--lambda-t", "3", *TINY])
+    assert res.exit_code == 0, res.output
+    assert "training B + L_T on 5 real photos' maps" in " ".join(res.output.split())
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["real_maps"] == str(maps.resolve()) and config["lambda_t"] == 3.0
+    assert all("L_T" in r for r in read_jsonl(run / "metrics.jsonl") if "L_B" in r)
+    res = runner.invoke(app, ["--data", str(toy), "-o", str(tmp_path / "bad"), "--real-maps", str(maps), *TINY])
+    assert res.exit_code == 2 and "--real-maps labels the --real photos" in " ".join(res.output.split())
+
+
 def test_clear_errors(toy, tmp_path):
     res = runner.invoke(app, ["-o", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--data" in res.output

@@ -70,7 +70,7 @@ def make_trainer(cfg):
     prep = prepare(cfg)
     trainer = Trainer(cfg, prep.active, 10, CPU, Dist(), c=prep.content)
     plan = BatchPlan(cfg.batch, cfg.crop, cfg.seed, 0, 1, cfg.sigma_max)
-    batches = StepBatches(prep.train, prep.real, prep.masked, plan)
+    batches = StepBatches(prep.train, prep.real, prep.masked, plan, prep.real_maps)
     return prep, trainer, batches
 
 

@@ -28,6 +28,9 @@ class TrainConfig:
     real: str | None = None  # D_R: folder of real defocused photos (or a dataset folder)
     real_masks: str | None = None  # D_B: dataset folder with image/ + mask/, or masks named like D_R
     real_exclude: str | None = None  # names held out of D_R / D_B (eval scenes): list or manifest
+    #: pseudo-labels for D_R: a folder of NAME.defocus.npy maps of the real photos made by another
+    #: estimator (`defocus estimate REAL -o DIR --maps npy`); with it B also learns L_T on them
+    real_maps: str | None = None
     nets: str = "BDCS"  # which of the paper's sub-networks train beside B
     width: float = 1.0  # B's channel multiplier (1.0 = the paper's network)
     sigma_max: float = 7.0  # px; the sigmoid output is sigma / sigma_max (c_max 28 / 4)
@@ -44,6 +47,7 @@ class TrainConfig:
     lambda_c: float = 1e-4
     lambda_s: float = 2e-2
     lambda_aux: float = 1.0
+    lambda_t: float = 1.0  # weight of L_T, the blur-map loss on D_R against --real-maps
     act_slope: float = 0.0  # D and S activation: 0 = ReLU (Tables 2-3); 0.2 = the code's lrelu
     precision: str = "auto"  # auto|fp32|bf16: autocast dtype of forward passes (device.py decides auto)
     channels_last: bool = False
@@ -81,13 +85,17 @@ class TrainConfig:
             raise InputError(f"--val-every must be >= 1, got {self.val_every}")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.real_maps is not None and self.real is None:
+            raise InputError("--real-maps labels the --real photos: pass --real too")
+        if self.lambda_t < 0:
+            raise InputError(f"--lambda-t must be >= 0, got {self.lambda_t}")
         if self.pretrain_steps < 0 or self.val_max < 0 or self.workers < 0:
             raise InputError("--pretrain-steps, --val-max and --workers must be >= 0")
 
     @property
     def loss_weights(self) -> LossWeights:
         return LossWeights(adv=self.lambda_adv, d=self.lambda_d, content=self.lambda_c,
-                           sharpness=self.lambda_s, aux=self.lambda_aux)
+                           sharpness=self.lambda_s, aux=self.lambda_aux, teacher=self.lambda_t)
 
     def to_dict(self) -> dict:
         return asdict(self)

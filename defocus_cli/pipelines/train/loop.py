@@ -88,13 +88,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: torch.device, dis
             {"config": config.to_dict(), **info, "steps_per_epoch": spe, "total_steps": total,
              "world_size": dist_ctx.world}, indent=2))
     emit(TrainEvent("start", start, total, {"nets": prep.active, "steps_per_epoch": spe,
+                                           "real_maps": len(prep.real_maps or ()),
                                            "world": dist_ctx.world,
                                            "precision": precision_name(trainer.dtype)}, tuple(notes)))
 
     # 4. the steps: update, log, validate, checkpoint
     plan = BatchPlan(config.batch, config.crop, config.seed, dist_ctx.rank, dist_ctx.world, config.sigma_max)
     loader = torch.utils.data.DataLoader(
-        StepBatches(prep.train, prep.real, prep.masked, plan), batch_size=None,
+        StepBatches(prep.train, prep.real, prep.masked, plan, prep.real_maps), batch_size=None,
         sampler=range(start, total), num_workers=config.workers,
         pin_memory=device.type == "cuda")
     meter = _LossMeter(start, dist_ctx)

@@ -15,7 +15,13 @@ from torch import nn
 from defocus_cli.errors import InputError
 from defocus_cli.models.b import BlurNet, BlurNetConfig, load_vgg19_encoder
 from defocus_cli.pipelines.train.config import TrainConfig, resolve_nets
-from defocus_cli.pipelines.train_data import SynthSet, masked_photos, read_exclusions, real_photos
+from defocus_cli.pipelines.train_data import (
+    SynthSet,
+    masked_photos,
+    read_exclusions,
+    real_photo_maps,
+    real_photos,
+)
 
 #: full training images over which --bn frozen re-estimates the BatchNorm statistics
 BN_RECALIBRATION_IMAGES = 96
@@ -31,6 +37,7 @@ class Prepared:
     content: nn.Module | None  # network C, when it can run
     provenance: dict
     notes: list[str]  # what could not be done as asked, for the user and the weights' metadata
+    real_maps: list[Path] | None = None  # pseudo-labels of ``real``, in its order (--real-maps)
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -48,6 +55,7 @@ def prepare(config: TrainConfig) -> Prepared:
     real = real_photos(config.real, exclude) if config.real else []
     if config.real and not real:
         raise InputError(f"{config.real}: no usable photos (after excluding {len(exclude)} names)")
+    real_maps = real_photo_maps(config.real_maps, real) if config.real_maps else None
     masked = masked_photos(config.real_masks, real, exclude) if config.real_masks else []
     if config.real_masks and not masked:
         raise InputError(f"{config.real_masks}: no photo/mask pairs found (masks must be named like the photos)")
@@ -80,7 +88,12 @@ def prepare(config: TrainConfig) -> Prepared:
                  "real_masks": config.real_masks, "masked_photos": len(masked),
                  "excluded_names": sorted(exclude)},
     }
-    return Prepared(train_set, val_set, real, masked, active, content, provenance, notes)
+    if real_maps:
+        from defocus_cli.maps import estimated_by
+
+        provenance["data"]["real_maps"] = {"folder": config.real_maps, "maps": len(real_maps),
+                                           "estimated_by": estimated_by(real_maps[0])}
+    return Prepared(train_set, val_set, real, masked, active, content, provenance, notes, real_maps)
 
 
 def init_b(config: TrainConfig) -> BlurNet:

@@ -103,11 +103,14 @@ class _GeneratorLoss(nn.Module):
             # invalid label pixels take the prediction's value so they add no content difference
             filled = torch.where(torch.isfinite(target), target, out.sigma.detach().float())
             terms["L_C"] = content_loss(self.c(out.sigma), self.c(filled.to(out.sigma.dtype)))
-        if d is not None and "real" in batch:
+        if "real" in batch and (d is not None or "real_target" in batch):
             out_r = self.b(batch["real"])
-            feats["real"] = out_r.features.detach()
-            with _frozen_buffers(d):
-                terms["L_adv_R"] = adversarial_loss(d(out_r.features))
+            if "real_target" in batch:
+                terms["L_T"] = blur_map_loss(out_r.sigma, out_r.aux, batch["real_target"], w.aux)
+            if d is not None:
+                feats["real"] = out_r.features.detach()
+                with _frozen_buffers(d):
+                    terms["L_adv_R"] = adversarial_loss(d(out_r.features))
         if "masked" in batch and (self.s is not None or d is not None):
             out_m = self.b(batch["masked"])
             if self.s is not None:
@@ -118,7 +121,8 @@ class _GeneratorLoss(nn.Module):
                     terms["L_adv_B"] = adversarial_loss(d(out_m.features))
         terms["L_g"] = generator_objective(terms["L_B"], w, l_c=terms.get("L_C"),
                                            l_adv_real=terms.get("L_adv_R"),
-                                           l_adv_masked=terms.get("L_adv_B"), l_s=terms.get("L_S"))
+                                           l_adv_masked=terms.get("L_adv_B"), l_s=terms.get("L_S"),
+                                           l_t=terms.get("L_T"))
         return terms, feats
 
 
