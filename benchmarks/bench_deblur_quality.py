@@ -150,6 +150,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--network", help="add a column: this deblurring network (registry name or .pt)")
+    ap.add_argument("--network-ensemble", type=int, default=1, help="self-ensemble size of the "
+                    "network (deblur --ensemble: 1, 2, 4 or 8)")
     ap.add_argument("--network-margin", type=float, help="px taken off the map for the network "
                     "(default: the CLI's policy, the estimator's margin for estimated maps, 0 for true ones)")
     ap.add_argument("--methods", help="comma list of the solver columns to run: lam300, adaptive "
@@ -174,8 +176,10 @@ def main() -> None:
     if args.network:
         from defocus_cli.pipelines.deblur_net import load_deblur_network
 
-        net = load_deblur_network(args.network, device="cpu", precision="fp32")
-        METHODS[f"network {net.meta['name']}"] = net
+        net = load_deblur_network(args.network, device="cpu", precision="fp32",
+                                  ensemble=args.network_ensemble)
+        ens = f" x{net.ensemble}" if net.ensemble > 1 else ""
+        METHODS[f"network {net.meta['name']}{ens}"] = net
         NETWORK_MARGIN[0] = args.network_margin
     MAPS_CACHE[0] = args.maps_cache
     parts = [p for p in args.parts.split(",") if p]

@@ -51,7 +51,8 @@ def main() -> None:
         ref = reference.estimate(rgb, 0).sigma.ravel()[::args.stride]
         for spec, est in estimators.items():
             scores[spec].append(spearman(est.estimate(rgb, 0).sigma.ravel()[::args.stride], ref))
-    print(f"Spearman with {args.reference} on {args.dataset} {args.split} ({len(names)} photos), mean (per photo):")
+    print(f"Spearman with {args.reference} on {args.dataset} {args.split} ({len(names)} photos), "
+          "mean (per photo):")
     for spec, values in scores.items():
         print(f"  {spec}: {np.mean(values):.3f} ({' '.join(f'{v:.2f}' for v in values)})")
 

@@ -46,6 +46,9 @@ def deblur(
     model_deblur: Annotated[str, typer.Option(
         "--model-deblur", help="With --method network: registry name or .pt file of the "
                                "deblurring network.")] = "sft-deblur",
+    ensemble: Annotated[int, typer.Option(
+        "--ensemble", help="With --method network: average the network over 1, 2, 4 or 8 flips "
+                           "and quarter turns of the photo (self-ensemble; N times the time).")] = 1,
     threads: Annotated[int, typer.Option(
         "--threads", help="CPU threads (0 = torch's default, one per core): frames are "
                           "deconvolved in parallel, one per thread.")] = 0,
@@ -104,7 +107,9 @@ def deblur(
         if method == "network":
             from defocus_cli.pipelines.deblur_net import load_deblur_network
 
-            network = load_deblur_network(model_deblur, device, precision)
+            network = load_deblur_network(model_deblur, device, precision, ensemble)
+        elif ensemble != 1:
+            raise InputError("--ensemble averages the deblurring network: use it with --method network")
     except DefocusError as e:
         raise fail(e)
     from defocus_cli.photos import DEBLUR_SIDECAR, deblur_photo, image_suffix, output_path

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from defocus_cli.device import autocast, precision_name, resolve_device, resolve_precision
+from defocus_cli.errors import InputError
 from defocus_cli.models.sft import SFTDeblurNet, SFTNetConfig
 
 #: px; the default tile side (frames add the context on each side: ~700 px, ~0.2 GB in fp32)
@@ -97,14 +98,56 @@ def deblur_with_network(rgb: np.ndarray, sigma: np.ndarray, model: SFTDeblurNet,
     return out
 
 
+#: self-ensemble sizes: the first N of the 8 flips and quarter turns of the image
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+#: quarter turns of transforms 2k and 2k + 1, ordered so that the first 1, 2, 4 or 8 transforms
+#: form a group (``self_ensemble``)
+_TURNS = (0, 2, 1, 3)
+
+
+def check_ensemble(n: int) -> None:
+    """InputError unless ``n`` is a self-ensemble size (``ENSEMBLE_SIZES``)."""
+    if n not in ENSEMBLE_SIZES:
+        raise InputError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {n}")
+
+
+def self_ensemble(run: Callable[[np.ndarray, np.ndarray], np.ndarray], rgb: np.ndarray,
+                  sigma: np.ndarray, n: int) -> np.ndarray:
+    """The mean of ``run`` over ``n`` geometric transforms of (rgb, sigma), each transformed back.
+
+    Transform t (0 <= t < n) is a horizontal flip when t is odd, then ``_TURNS[t // 2]`` quarter
+    turns, so each n is a group of the image's symmetries: {identity}, + the flip, + the half
+    turn and the vertical flip, + the four quarter-turned ones. A Gaussian blur map is unchanged
+    by all of them, a trained network's errors are not, so the mean averages some of them away
+    (Lim et al.'s self-ensemble, EDSR 2017). n = 1 is ``run`` alone. Costs n runs.
+    """
+    check_ensemble(n)
+    if n == 1:
+        return run(rgb, sigma)
+    total = np.zeros(rgb.shape, np.float32)
+    for t in range(n):
+        flip, turns = t & 1, _TURNS[t >> 1]
+        x, s = (rgb[:, ::-1], sigma[:, ::-1]) if flip else (rgb, sigma)
+        y = run(np.ascontiguousarray(np.rot90(x, turns)), np.ascontiguousarray(np.rot90(s, turns)))
+        y = np.rot90(y, -turns)
+        total += y[:, ::-1] if flip else y
+    total *= np.float32(1.0 / n)
+    return total
+
+
 @dataclass
 class DeblurNetwork:
-    """A loaded deblurring network with its metadata and where it runs."""
+    """A loaded deblurring network with its metadata and where it runs; ``ensemble``: the
+    self-ensemble size every run uses (``self_ensemble``)."""
 
     model: SFTDeblurNet
     meta: dict[str, Any]
     device: torch.device
     dtype: torch.dtype | None
+    ensemble: int = 1
+
+    def __post_init__(self) -> None:
+        check_ensemble(self.ensemble)
 
     @property
     def config(self) -> SFTNetConfig:
@@ -119,22 +162,28 @@ class DeblurNetwork:
         """What deblurred a photo: name, sha256, architecture, config, device, precision."""
         return {"name": self.meta.get("name"), "sha256": self.meta.get("sha256"),
                 "architecture": self.meta.get("architecture"), "config": self.meta.get("config"),
-                "conditioned_on": self.conditioned_on,
+                "conditioned_on": self.conditioned_on, "ensemble": self.ensemble,
                 "device": str(self.device), "precision": precision_name(self.dtype)}
 
     def run(self, rgb: np.ndarray, sigma: np.ndarray, tile: int = TILE) -> np.ndarray:
-        return deblur_with_network(rgb, sigma, self.model, self.device, self.dtype, tile)
+        def once(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+            return deblur_with_network(x, s, self.model, self.device, self.dtype, tile)
+
+        return self_ensemble(once, rgb, sigma, self.ensemble)
 
 
 def load_deblur_network(name_or_path: str | Path = "sft-deblur", device: str = "auto",
-                        precision: str = "auto") -> DeblurNetwork:
+                        precision: str = "auto", ensemble: int = 1) -> DeblurNetwork:
     """Load a deblurring network from the registry (``models.registry.DEBLUR_MODEL``) or a file.
 
     precision "auto" is fp32 on a CPU without AMX (bf16 there is far slower) and bf16 on GPUs.
-    Raises WeightsError for missing, corrupt or non-deblurring weights.
+    ensemble: self-ensemble size of every run (1, 2, 4 or 8; n times the cost).
+    Raises WeightsError for missing, corrupt or non-deblurring weights, InputError for another
+    ensemble size.
     """
+    check_ensemble(ensemble)
     from defocus_cli.models.registry import SFT_ARCHITECTURE, load_model
 
     dev = resolve_device(device)
     model, meta = load_model(name_or_path, dev, architecture=SFT_ARCHITECTURE)
-    return DeblurNetwork(model, meta, dev, resolve_precision(precision, dev))
+    return DeblurNetwork(model, meta, dev, resolve_precision(precision, dev), ensemble)

@@ -73,6 +73,30 @@ def test_method_network_writes_the_image_and_a_sidecar_naming_the_network(tmp_pa
     assert np.abs(written.pixels - expected).max() < 2 / 65535
 
 
+def test_ensemble_averages_the_network_and_is_recorded(tmp_path, network):
+    from defocus_cli.pipelines.deblur_net import load_deblur_network
+
+    pt, _ = network
+    photo = _photo(tmp_path)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["deblur", str(photo), "--map", str(tmp_path / "p.defocus.npy"),
+                                 "--method", "network", "--model-deblur", str(pt), "--ensemble", "4",
+                                 "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "p.deblurred.json").read_text())["network"]["ensemble"] == 4
+    rgb, sigma = read_image(photo).pixels, np.full((48, 64), 2.0, np.float32)
+    plain = load_deblur_network(pt, "cpu").run(rgb, sigma)
+    ensemble = load_deblur_network(pt, "cpu", ensemble=4).run(rgb, sigma)
+    assert np.abs(read_image(out / "p.deblurred.png").pixels - ensemble).max() < 2 / 65535
+    assert np.abs(ensemble - plain).max() > 1e-4  # the network is not flip-invariant: it changes
+    for args, message in ((["--ensemble", "3", "--method", "network", "--model-deblur", str(pt)],
+                           "--ensemble must be one of 1, 2, 4, 8"),
+                          (["--ensemble", "2"], "use it with --method network")):
+        result = runner.invoke(app, ["deblur", str(photo), "--map", str(tmp_path / "p.defocus.npy"),
+                                     "-o", str(tmp_path / "bad"), "--device", "cpu", *args])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
 def test_in_focus_pixels_keep_the_input_as_with_the_solver(tmp_path, network):
     pt, _ = network
     photo = _photo(tmp_path)

@@ -324,3 +324,26 @@ def test_a_network_trained_on_an_estimators_maps_takes_them_without_margin(pairs
     assert used["margin_px"] == 0.3
     (maps / "pair_00.defocus.json").write_text(json.dumps({"model": {"name": "edge"}}))
     assert maps_estimator(maps) is None  # mixed estimators: no claim
+
+
+def test_self_ensemble_maps_each_run_back_to_the_photo():
+    """A run that adds a ramp across its input's columns: transformed back, the ramps of the
+    flips and quarter turns point in opposite directions in pairs, so every ensemble of 2, 4 or 8
+    adds exactly 0.5; an equivariant run comes back unchanged; shapes are not square."""
+    from defocus_cli.pipelines.deblur_net import self_ensemble
+
+    rng = np.random.default_rng(0)
+    rgb, sigma = rng.random((6, 9, 3), dtype=np.float32), rng.random((6, 9), dtype=np.float32)
+
+    def ramp(x, s):
+        assert x.shape[:2] == s.shape
+        return x + np.linspace(0, 1, x.shape[1], dtype=np.float32)[None, :, None]
+
+    assert np.allclose(self_ensemble(ramp, rgb, sigma, 1), ramp(rgb, sigma))
+    for n in (2, 4, 8):
+        assert np.allclose(self_ensemble(ramp, rgb, sigma, n), rgb + 0.5, atol=1e-6), n
+        # the map travels with the photo: a run that multiplies them is equivariant
+        product = self_ensemble(lambda x, s: x * s[..., None], rgb, sigma, n)
+        assert np.allclose(product, rgb * sigma[..., None], atol=1e-6), n
+    with pytest.raises(InputError, match="--ensemble must be one of 1, 2, 4, 8, got 3"):
+        self_ensemble(ramp, rgb, sigma, 3)
