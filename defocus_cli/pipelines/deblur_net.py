@@ -159,7 +159,8 @@ class DeblurNetwork:
         return self.meta.get("maps_estimator")
 
     def describe(self) -> dict[str, Any]:
-        """What deblurred a photo: name, sha256, architecture, config, device, precision."""
+        """What deblurred a photo: name, sha256, architecture, config, the maps it was trained on,
+        the self-ensemble size, device, precision."""
         return {"name": self.meta.get("name"), "sha256": self.meta.get("sha256"),
                 "architecture": self.meta.get("architecture"), "config": self.meta.get("config"),
                 "conditioned_on": self.conditioned_on, "ensemble": self.ensemble,
