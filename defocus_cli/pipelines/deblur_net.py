@@ -179,10 +179,9 @@ def load_deblur_network(name_or_path: str | Path = "sft-deblur", device: str = "
 
     precision "auto" is fp32 on a CPU without AMX (bf16 there is far slower) and bf16 on GPUs.
     ensemble: self-ensemble size of every run (1, 2, 4 or 8; n times the cost).
-    Raises WeightsError for missing, corrupt or non-deblurring weights, InputError for another
-    ensemble size.
+    Raises WeightsError for missing, corrupt or non-deblurring weights, InputError (from
+    DeblurNetwork) for another ensemble size.
     """
-    check_ensemble(ensemble)
     from defocus_cli.models.registry import SFT_ARCHITECTURE, load_model
 
     dev = resolve_device(device)

@@ -43,6 +43,7 @@ from defocus_cli.io.datasets import (
     write_mask,
 )
 from defocus_cli.io.images import IMAGE_SUFFIXES, load_map, read_image, save_npy, write_image
+from defocus_cli.maps import map_path_for
 from defocus_cli.ops.masks import blur_mask, mask_labels
 
 # stream ids that keep the augmentation generators of the three sets independent
@@ -196,7 +197,7 @@ def real_photo_maps(folder: str | Path, photos: list[Path]) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: --real-maps folder not found")
-    maps = [root / f"{p.stem}.defocus.npy" for p in photos]
+    maps = [map_path_for(p, root) for p in photos]
     missing = [p.name for p, m in zip(photos, maps) if not m.is_file()]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
