@@ -247,34 +247,51 @@ def deblur_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[str, Any],
 DEBLUR_METHODS = ("solver", "network")
 
 
+#: px; `deblur --method network` on a map no estimator made (a synthetic render's true map, a
+#: hand-made one): pixels blurred by at most this keep the input, fading to the network's output
+#: at twice it. Estimated maps keep ``DeblurConfig.sharp_sigma`` (0.5 px): they read sharp regions
+#: about 0.5 px high. Chosen on the synthetic val split with the true maps (threshold 0.5 / 0.25 /
+#: 0.2: +2.08 / +2.42 / +2.45 dB, worst render +0.00 / +0.01 / -0.70; benchmarks/README.md).
+EXACT_MAP_SHARP_SIGMA = 0.25
+
+
+def network_sharp_sigma(origin: dict[str, Any], config: "DeblurConfig", sharp: float | None = None) -> float:
+    """px below which `deblur --method network` keeps the input: ``sharp`` when given, else
+    ``config.sharp_sigma`` for maps a network made and ``EXACT_MAP_SHARP_SIGMA`` for others."""
+    if sharp is not None:
+        return float(sharp)
+    return float(config.sharp_sigma) if is_estimated(origin) else EXACT_MAP_SHARP_SIGMA
+
+
 def deblur_network_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[str, Any],
                           network: "DeblurNetwork", config: "DeblurConfig", margin: float | None = None,
-                          device: Any = None, workers: int | None = None,
-                          lam: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                          device: Any = None, workers: int | None = None, lam: float | None = None,
+                          sharp: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Deblur with the map-conditioned network (``defocus deblur --method network``).
 
     The network sees the map less the margin policy's margin (``maps.deblur_margin``, as the
     solver does; none for maps of the estimator whose maps the network was trained on,
-    ``DeblurNetwork.conditioned_on``: it learnt them as they are) and the photo, or, for a network trained on the solver's output
-    (config.input "solver"), the solver's result (``deblur_pixels`` with config, device,
-    workers, lam). As in the solver, pixels blurred by at most ``config.sharp_sigma`` keep the
+    ``DeblurNetwork.conditioned_on``: it learnt them as they are) and the photo, or, for a
+    network trained on the solver's output (config.input "solver"), the solver's result
+    (``deblur_pixels`` with config, device, workers, lam). As in the solver, pixels blurred by
+    at most the sharp threshold (``network_sharp_sigma``: ``sharp``, or its policy) keep the
     input exactly; the network's output is blended in linearly up to twice that sigma, so no
     seam shows. Returns (H, W, 3) float32 in [0, 1] and the settings used.
     """
     if margin is None and is_estimated(origin) and map_estimator(origin) == network.conditioned_on:
         margin = 0.0
-    used: dict[str, Any] = {"margin_px": deblur_margin(origin, margin), "sharp_sigma_px": config.sharp_sigma,
-                            **network.describe()}
+    used: dict[str, Any] = {"margin_px": deblur_margin(origin, margin),
+                            "sharp_sigma_px": network_sharp_sigma(origin, config, sharp), **network.describe()}
     base = pixels
     if network.config.input == "solver":
         result, used["deconvolution"] = deblur_pixels(pixels, sigma, origin, config, margin, device, workers, lam)
         base = result.image
     s = np.maximum(np.nan_to_num(sigma) - used["margin_px"], 0.0).astype(np.float32)
     restored = network.run(base, s)
-    if config.sharp_sigma > 0:
+    if used["sharp_sigma_px"] > 0:
         # the network changes every pixel a little (it was trained on noisy, compressed inputs):
         # an in-focus render (input = sharp) lost up to 22 dB to that; kept, it loses nothing
-        w = np.clip(s / config.sharp_sigma - 1.0, 0.0, 1.0)[..., None]
+        w = np.clip(s / used["sharp_sigma_px"] - 1.0, 0.0, 1.0)[..., None]
         restored = pixels + w * (restored - pixels)
     return restored.astype(np.float32), used
 
@@ -283,7 +300,7 @@ def deblur_photo(photo: Path, config: "DeblurConfig", output: Path | None = None
                  map_source: Path | None = None, estimator: "Estimator | LazyEstimator | None" = None,
                  working_size: int | None = None, margin: float | None = None, device: Any = None,
                  workers: int | None = None, lam: float | None = None, method: str = "solver",
-                 network: "DeblurNetwork | None" = None) -> dict[str, Any]:
+                 network: "DeblurNetwork | None" = None, sharp: float | None = None) -> dict[str, Any]:
     """All-in-focus image of one photo; writes NAME.deblurred.EXT in its format and bit depth,
     and NAME.deblurred.json (the method, the map's origin, the margin, and the noise measured
     and lam used by the solver, or the network's name and sha256).
@@ -292,7 +309,9 @@ def deblur_photo(photo: Path, config: "DeblurConfig", output: Path | None = None
     solver's data weight (None: from the photo's noise). device: a torch.device for the FFTs
     (None: numpy); defaults to the estimator's when it runs.
     method: "solver" (layered hyper-Laplacian deconvolution, ``deblur_pixels``) or "network"
-    (``deblur_network_pixels`` with ``network``, a loaded ``pipelines.deblur_net.DeblurNetwork``).
+    (``deblur_network_pixels`` with ``network``, a loaded ``pipelines.deblur_net.DeblurNetwork``,
+    and ``sharp``: its sharp threshold, None for ``network_sharp_sigma``'s policy; the solver
+    keeps ``config.sharp_sigma``).
     """
     if method not in DEBLUR_METHODS:
         raise ValueError(f"deblur_photo: method must be one of {', '.join(DEBLUR_METHODS)}, got {method!r}")
@@ -318,10 +337,10 @@ def deblur_photo(photo: Path, config: "DeblurConfig", output: Path | None = None
                    "levels": int((result.layer_fraction[1:] > 0).sum())}
     else:
         restored, used = deblur_network_pixels(image.pixels, sigma, origin, network, config, margin,
-                                               device, workers, lam)
+                                               device, workers, lam, sharp)
         sidecar["network"] = used
         summary = {"margin": used["margin_px"], "noise": None, "jpeg": None, "lam": None, "levels": 0,
-                   "deblurred_fraction": float(np.mean(sigma - used["margin_px"] > config.sharp_sigma))}
+                   "deblurred_fraction": float(np.mean(sigma - used["margin_px"] > used["sharp_sigma_px"]))}
     write_image(output_path(photo, output, image_suffix(photo, "deblurred")), restored,
                 bit_depth=image.bit_depth)
     sidecar["defocus_version"] = __version__

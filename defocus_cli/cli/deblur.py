@@ -28,8 +28,10 @@ def deblur(
                       "the weights go in NAME.deblurred.json.")] = None,
     layers: Annotated[int, typer.Option(
         "--layers", help="Number of blur levels the map is split into.")] = 16,
-    sharp: Annotated[float, typer.Option(
-        "--sharp", help="Pixels blurred by at most this sigma (px) keep the input.")] = 0.5,
+    sharp: Annotated[Optional[float], typer.Option(
+        "--sharp", help="Pixels blurred by at most this sigma (px) keep the input. Default 0.5; "
+                        "with --method network on a map no estimator made (a true or hand-made "
+                        "map), 0.25.")] = None,
     margin: Annotated[Optional[float], typer.Option(
         "--margin", help="px subtracted from the map before deblurring (too large a sigma rings, "
                          "too small only sharpens less). Default for estimated maps, also a --map whose JSON "
@@ -77,7 +79,8 @@ def deblur(
         try:
             deconv = DeconvConfig(**{k: v for k, v in (("alpha", alpha), ("lam", lam)) if v is not None})
             # --lam given: that weight everywhere (checked above); not given: from the noise
-            config = DeblurConfig(deconv=deconv, layers=layers, sharp_sigma=sharp, channels=channels,
+            config = DeblurConfig(deconv=deconv, layers=layers, channels=channels,
+                                  **({} if sharp is None else {"sharp_sigma": sharp}),
                                   map_margin=0.0 if margin is None else margin)
         except ValueError as e:
             # "DeconvConfig: lam must be > 0" -> "--lam must be > 0"
@@ -116,7 +119,7 @@ def deblur(
 
     def process(photo: Path) -> dict:
         r = deblur_photo(photo, config, output, map_opt, estimator, working_size, margin, fft_device,
-                         lam=lam, method=method, network=network)
+                         lam=lam, method=method, network=network, sharp=sharp)
         if r["method"] == "network":
             return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
                     "max σ px": f"{r['max_sigma']:.2f}", "margin": f"{r['margin']:g}", "method": "network"}

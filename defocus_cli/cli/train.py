@@ -286,6 +286,7 @@ def sft(
     log_every: int = typer.Option(20, "--log-every", help="steps between metrics.jsonl records"),
     seed: int = typer.Option(0, "--seed"),
     init: Optional[Path] = typer.Option(None, "--init", help="start from these sft-deblur weights (fresh optimiser), e.g. stage 2 on --maps"),
+    loss: str = typer.Option("l1", "--loss", help="l1 (the paper's Eq. 4) or psnr (minus each crop's PSNR, averaged: what the deblur benchmark measures)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: torch's default); 1 is steadier on a shared machine"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
@@ -316,14 +317,15 @@ def sft(
                 maps_prob=maps_prob, net=net,
                 steps=steps or 2000, batch=batch, crop=crop, lr=lr, noise_max=noise_max,
                 jpeg_prob=jpeg_prob, seed=seed, log_every=log_every, val_every=val_every,
-                val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None)
+                val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None,
+                loss=loss)
             run_dir = output
         def report(record: dict) -> None:
             if record.get("kind") == "val":
                 console.print(f"step {record['step']}: val PSNR {record['val_psnr']:.2f} dB "
                               f"({record['val_psnr_gain']:+.2f} dB over the input, {record['val_images']} images)")
             else:
-                console.print(_step_line(record, config.steps, "L1"))
+                console.print(_step_line(record, config.steps, "L1" if config.loss == "l1" else "-PSNR"))
 
         result = train_sft(config, run_dir, resume=resume is not None, device=device,
                            provenance=_provenance(), on_log=report)

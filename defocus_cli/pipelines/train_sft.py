@@ -8,7 +8,9 @@ Data: a dataset folder with ``image/NAME.png`` (the render, blurred by its map),
 renderer had no depth) and ``manifest.jsonl`` (train / val splits). The network is conditioned
 on the true map, or (``maps``: the paper's stage 2, which conditions on the estimator's output)
 on maps that `defocus estimate` wrote for the same images (``MAPS/NAME.defocus.npy``). The loss
-is L1 (the paper's Eq. 4) over the pixels with a true label; unknown map values are 0.
+is L1 (the paper's Eq. 4) over the pixels with a true label, or (``loss="psnr"``) minus the mean
+PSNR of the crops (``crop_psnr_loss``), the figure the deblurring benchmark averages; unknown map
+values are 0.
 
 The renders are clean; real photos are JPEG-compressed and noisy. Each training input is
 therefore degraded the way a camera would after the blur: white noise of a random level, 8-bit
@@ -53,6 +55,11 @@ from defocus_cli.pipelines.train_data import augment
 
 KIND = "sft-deblur"
 CHECKPOINT_FORMAT = 1
+#: the training losses (SFTTrainConfig.loss)
+LOSSES = ("l1", "psnr")
+#: crop_psnr_loss: the MSE floor, 1e-5 = 50 dB (8-bit rounding alone is ~59 dB): a crop already
+#: near-perfect stops pulling, so a few clean sharp crops do not outweigh the batch
+PSNR_MSE_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,9 @@ class SFTTrainConfig:
     ckpt_every: int = 100
     #: start from these weights (a fresh optimiser), e.g. stage 2 from the stage-1 export
     init: str | None = None
+    #: "l1" (Eq. 4, every pixel alike) or "psnr" (each crop's PSNR alike: a crop that is nearly
+    #: sharp already weighs as much as a heavily blurred one, as in the benchmark's mean dB)
+    loss: str = "l1"
 
     def __post_init__(self) -> None:
         m = self.net.size_multiple
@@ -105,6 +115,8 @@ class SFTTrainConfig:
         if self.net.input != "photo":
             raise InputError(f"training a network on the {self.net.input!r} input is not implemented: "
                              "the data pipeline feeds the blurred photo (input 'photo')")
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not 0 <= self.maps_prob <= 1:
             raise InputError(f"--maps-prob must be in [0, 1], got {self.maps_prob}")
         if not 0 <= self.jpeg_prob <= 1 or self.noise_max < 0:
@@ -231,12 +243,24 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> 
     return ((pred - target).abs() * valid).sum() / (3 * valid.sum()).clamp(min=1)
 
 
+def crop_psnr_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Minus the mean over crops of each crop's PSNR (dB, peak 1) on its pixels with a true
+    label, the MSE floored at ``PSNR_MSE_FLOOR``; crops without a labelled pixel are left out
+    (0 when none has one). The gradient weighs a crop by 1 / its MSE."""
+    known = valid.sum(dim=(1, 2, 3))
+    mse = (((pred - target) ** 2) * valid).sum(dim=(1, 2, 3)) / (3 * known).clamp(min=1)
+    psnr = -10.0 * torch.log10(mse + PSNR_MSE_FLOOR)
+    keep = known > 0
+    return -(psnr * keep).sum() / keep.sum().clamp(min=1)
+
+
 def train_step(model: SFTDeblurNet, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               device: torch.device) -> torch.Tensor:
-    """One Adam step on one batch; returns the loss (on the device, not read back)."""
+               device: torch.device, loss_name: str = "l1") -> torch.Tensor:
+    """One Adam step on one batch with the loss ``loss_name`` (LOSSES); returns the loss (on
+    the device, not read back)."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     pred = model(b["input"], b["sigma"])
-    loss = masked_l1(pred, b["target"], b["valid"])
+    loss = (crop_psnr_loss if loss_name == "psnr" else masked_l1)(pred, b["target"], b["valid"])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -321,7 +345,7 @@ def train_sft(config: SFTTrainConfig, run_dir: str | Path, *, resume: bool = Fal
 
     step, val = runfolder.run_steps(
         run_dir, optimizer, step=step, steps=config.steps, learning_rate=lambda s: learning_rate(config, s),
-        train_step=lambda s: train_step(model, optimizer, make_batch(train_set, config, s), dev),
+        train_step=lambda s: train_step(model, optimizer, make_batch(train_set, config, s), dev, config.loss),
         validate=lambda: validate(model, val_set, dev, config.val_max), checkpoint=checkpoint,
         log_every=config.log_every, val_every=config.val_every, ckpt_every=config.ckpt_every, val=val,
         on_log=on_log)

@@ -65,6 +65,8 @@ def test_method_network_writes_the_image_and_a_sidecar_naming_the_network(tmp_pa
     assert sidecar["method"] == "network"
     assert sidecar["network"]["name"] == "sft-deblur" and sidecar["network"]["sha256"] == sha256_file(pt)
     assert sidecar["network"]["architecture"] == "sft-deblur" and sidecar["network"]["margin_px"] == 0.0
+    # a map no estimator made: the exact-map threshold
+    assert sidecar["network"]["sharp_sigma_px"] == 0.25
     assert sidecar["map"]["source"] == str(tmp_path / "p.defocus.npy")
     # the network's own output, not the solver's
     from defocus_cli.pipelines.deblur_net import load_deblur_network
@@ -100,16 +102,24 @@ def test_ensemble_averages_the_network_and_is_recorded(tmp_path, network):
 def test_in_focus_pixels_keep_the_input_as_with_the_solver(tmp_path, network):
     pt, _ = network
     photo = _photo(tmp_path)
-    sigma = np.full((48, 64), 2.0, np.float32)
-    sigma[:, :32] = 0.4  # in focus (<= --sharp 0.5): kept exactly; 2 px: the network's
-    np.save(tmp_path / "half.npy", sigma)
-    result = runner.invoke(app, ["deblur", str(photo), "--map", str(tmp_path / "half.npy"), "--method", "network",
-                                 "--model-deblur", str(pt), "-o", str(tmp_path / "out"), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    written = read_image(tmp_path / "out" / "p.deblurred.png").pixels
     original = read_image(photo).pixels
-    np.testing.assert_array_equal(written[:, :32], original[:, :32])
-    assert np.abs(written[:, 40:] - original[:, 40:]).max() > 0  # (a 2-step network changes little)
+
+    def deblur(left_sigma, *extra):
+        sigma = np.full((48, 64), 2.0, np.float32)
+        sigma[:, :32] = left_sigma  # in focus on the left; 2 px: the network's
+        np.save(tmp_path / "half.npy", sigma)
+        result = runner.invoke(app, ["deblur", str(photo), "--map", str(tmp_path / "half.npy"), "--method",
+                                     "network", "--model-deblur", str(pt), "-o", str(tmp_path / "out"),
+                                     "--device", "cpu", "--overwrite", *extra])
+        assert result.exit_code == 0, result.output
+        written = read_image(tmp_path / "out" / "p.deblurred.png").pixels
+        assert np.abs(written[:, 40:] - original[:, 40:]).max() > 0  # (a 2-step network changes little)
+        return np.abs(written[:, :32] - original[:, :32]).max()
+
+    # a hand-made map: kept up to 0.25 px; 0.4 px is blended in (60 % of the network's change)
+    assert deblur(0.2) == 0
+    assert deblur(0.4) > 0
+    assert deblur(0.4, "--sharp", "0.5") == 0
 
 
 def test_solver_stays_the_default_and_says_so(tmp_path):
@@ -138,3 +148,22 @@ def test_export_refuses_to_overwrite_and_resume_continues(tmp_path, network):
     assert result.exit_code == 2 and "--overwrite" in result.output
     result = runner.invoke(app, ["train", "sft", "--resume", str(run), "-o", str(tmp_path / "elsewhere")])
     assert result.exit_code == 2 and "drop -o" in result.output
+
+
+def test_train_sft_loss_psnr_is_recorded_and_reported(tmp_path):
+    data = write_pairs(tmp_path / "data", n_train=2, n_val=1)
+    base = ["train", "sft", "--data", str(data), "--steps", "2", "--batch", "2", "--crop", "32",
+            "--channels", "8", "--blocks", "3", "--levels", "1", "--val-max", "1", "--log-every", "1",
+            "--device", "cpu", "--threads", "1"]
+    threads = torch.get_num_threads()
+    result = runner.invoke(app, base + ["-o", str(tmp_path / "run"), "--loss", "psnr"])
+    bad = runner.invoke(app, base + ["-o", str(tmp_path / "bad"), "--loss", "l2"])
+    torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert "step 1/2: -PSNR -" in result.output and " L1 " not in result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["loss"] == "psnr"
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 2 and all(-60 < v < -10 for v in losses)  # minus a PSNR in dB, not an L1
+    assert bad.exit_code == 2 and "--loss must be one of l1, psnr, got 'l2'" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -25,8 +25,10 @@ from defocus_cli.pipelines.deblur_net import (
     receptive_radius,
 )
 from defocus_cli.pipelines.train_sft import (
+    PSNR_MSE_FLOOR,
     PairSet,
     SFTTrainConfig,
+    crop_psnr_loss,
     export_sft_run,
     learning_rate,
     make_batch,
@@ -184,6 +186,31 @@ def test_masked_l1_ignores_unlabelled_pixels():
     assert masked_l1(pred, target, valid).item() == pytest.approx(1.0)
 
 
+def test_crop_psnr_loss_averages_each_crops_psnr():
+    target = torch.zeros(3, 3, 4, 4)
+    pred = torch.zeros(3, 3, 4, 4)
+    pred[0] += 0.1  # MSE 1e-2: 20 dB (less the floor)
+    pred[1] += 0.01  # MSE 1e-4: 40 dB
+    pred[2] += 0.5  # no labelled pixel: left out
+    valid = torch.ones(3, 1, 4, 4)
+    valid[2] = 0
+    valid[1, ..., 2:, :] = 0
+    pred[1, ..., 2:, :] = 9.0  # unlabelled: ignored
+    expected = -np.mean([-10 * np.log10(1e-2 + PSNR_MSE_FLOOR), -10 * np.log10(1e-4 + PSNR_MSE_FLOOR)])
+    assert crop_psnr_loss(pred, target, valid).item() == pytest.approx(expected, rel=1e-5)
+    # a pixel's gradient is its error / (its crop's MSE x the crop's labelled values): the
+    # 40-dB crop (error 0.01, 24 values) pulls each pixel ~18x harder than the 20-dB one (0.1, 48)
+    pred.requires_grad_(True)
+    crop_psnr_loss(pred, target, valid).backward()
+    g0, g1 = pred.grad[0, 0, 0, 0].item(), pred.grad[1, 0, 0, 0].item()
+    ratio = (1e-2 + PSNR_MSE_FLOOR) / (1e-4 + PSNR_MSE_FLOOR) * (0.01 / 0.1) * (48 / 24)
+    assert g1 / g0 == pytest.approx(ratio, rel=1e-4) and 18 < ratio < 20
+    assert pred.grad[2].abs().max() == 0 and pred.grad[1, ..., 2:, :].abs().max() == 0
+    assert crop_psnr_loss(pred[2:], target[2:], valid[2:]).item() == 0.0
+    with pytest.raises(InputError, match="--loss must be one of l1, psnr, got 'l2'"):
+        _config(Path("."), loss="l2")
+
+
 def test_learning_rate_warms_up_then_anneals():
     config = _config(Path("."), steps=100, warmup=10, lr=1e-3, lr_final=0.1)
     lrs = [learning_rate(config, s) for s in range(100)]
@@ -324,6 +351,32 @@ def test_a_network_trained_on_an_estimators_maps_takes_them_without_margin(pairs
     assert used["margin_px"] == 0.3
     (maps / "pair_00.defocus.json").write_text(json.dumps({"model": {"name": "edge"}}))
     assert maps_estimator(maps) is None  # mixed estimators: no claim
+
+
+def test_sharp_threshold_depends_on_where_the_map_came_from():
+    """Exact maps (none an estimator made) keep the input up to 0.25 px, estimated maps up to
+    DeblurConfig.sharp_sigma (0.5), a given ``sharp`` wins; the blend is linear up to twice it."""
+    from defocus_cli.pipelines.deblur import DeblurConfig
+    from defocus_cli.photos import EXACT_MAP_SHARP_SIGMA, deblur_network_pixels
+
+    class AddTenth:  # stands in for a DeblurNetwork: its output is the input + 0.1
+        config, conditioned_on = TINY, "fused"
+
+        def run(self, rgb, sigma):
+            return rgb + 0.1
+
+        def describe(self):
+            return {"name": "stub"}
+
+    sigma = np.tile(np.array([0.0, 0.2, 0.3, 0.4, 0.6, 1.2], np.float32), (2, 1))
+    rgb = np.full(sigma.shape + (3,), 0.5, np.float32)
+    cases = [({"source": "true"}, None, EXACT_MAP_SHARP_SIGMA, [0, 0, 0.2, 0.6, 1, 1]),
+             ({"source": "estimated", "model": {"name": "fused"}}, None, 0.5, [0, 0, 0, 0, 0.2, 1]),
+             ({"source": "true"}, 0.1, 0.1, [0, 1, 1, 1, 1, 1])]
+    for origin, sharp, threshold, weight in cases:
+        out, used = deblur_network_pixels(rgb, sigma, origin, AddTenth(), DeblurConfig(), sharp=sharp)
+        assert used["sharp_sigma_px"] == threshold and used["margin_px"] == 0.0
+        np.testing.assert_allclose(out[0, :, 0] - 0.5, 0.1 * np.array(weight), atol=1e-6)
 
 
 def test_self_ensemble_maps_each_run_back_to_the_photo():
