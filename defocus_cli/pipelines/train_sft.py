@@ -14,8 +14,8 @@ values are 0.
 
 The renders are clean; real photos are JPEG-compressed and noisy. Each training input is
 therefore degraded the way a camera would after the blur: white noise of a random level, 8-bit
-rounding, and JPEG compression at a random quality with probability ``jpeg_prob``. The target
-stays the clean sharp render.
+rounding, and JPEG compression at a random quality with probability ``jpeg_prob``; a share
+``clean_prob`` of them is only rounded to 8 bits. The target stays the clean sharp render.
 
 Every mini-batch is a pure function of (seed, step) (random crop, flip, rotation by k x 90
 degrees, degradation), so a resumed run sees the batches the uninterrupted run would have seen;
@@ -91,6 +91,9 @@ class SFTTrainConfig:
     jpeg_prob: float = 0.5
     #: JPEG quality range for those inputs
     jpeg_quality: tuple[int, int] = (70, 95)
+    #: probability that a training input is left clean (8-bit rounding only: no noise, no JPEG),
+    #: as a low-ISO photo or a render is; the network then learns to leave sharp clean edges alone
+    clean_prob: float = 0.0
     seed: int = 0
     log_every: int = 20
     val_every: int = 250
@@ -121,6 +124,8 @@ class SFTTrainConfig:
             raise InputError(f"--maps-prob must be in [0, 1], got {self.maps_prob}")
         if not 0 <= self.jpeg_prob <= 1 or self.noise_max < 0:
             raise InputError(f"jpeg_prob must be in [0, 1] and noise_max >= 0, got {self.jpeg_prob}, {self.noise_max}")
+        if not 0 <= self.clean_prob <= 1:
+            raise InputError(f"--clean-prob must be in [0, 1], got {self.clean_prob}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,7 +192,11 @@ class PairSet:
 
 
 def degrade(rgb: np.ndarray, rng: np.random.Generator, config: SFTTrainConfig) -> np.ndarray:
-    """What a camera does after the blur: white noise, 8-bit rounding, maybe JPEG."""
+    """What a camera does after the blur: white noise, 8-bit rounding, maybe JPEG; or, for a
+    share ``clean_prob`` of the inputs, 8-bit rounding only."""
+    # drawn only when asked for, so runs without clean inputs keep the batches they always had
+    if config.clean_prob > 0 and rng.uniform() < config.clean_prob:
+        return np.round(np.clip(rgb, 0, 1) * 255).astype(np.float32) / 255.0
     noisy = rgb + rng.normal(0.0, rng.uniform(0.0, config.noise_max), rgb.shape).astype(np.float32)
     u8 = np.round(np.clip(noisy, 0, 1) * 255).astype(np.uint8)
     if rng.uniform() < config.jpeg_prob:

@@ -29,6 +29,7 @@ from defocus_cli.pipelines.train_sft import (
     PairSet,
     SFTTrainConfig,
     crop_psnr_loss,
+    degrade,
     export_sft_run,
     learning_rate,
     make_batch,
@@ -209,6 +210,22 @@ def test_crop_psnr_loss_averages_each_crops_psnr():
     assert crop_psnr_loss(pred[2:], target[2:], valid[2:]).item() == 0.0
     with pytest.raises(InputError, match="--loss must be one of l1, psnr, got 'l2'"):
         _config(Path("."), loss="l2")
+
+
+def test_degrade_leaves_a_share_of_the_inputs_clean():
+    rgb = np.random.default_rng(1).random((32, 32, 3), dtype=np.float32)
+    rounded = np.round(rgb * 255) / 255
+    clean = _config(Path("."), clean_prob=1.0, noise_max=0.05, jpeg_prob=1.0)
+    np.testing.assert_allclose(degrade(rgb, np.random.default_rng(0), clean), rounded, atol=1e-7)
+    dirty = dataclasses.replace(clean, clean_prob=0.0)
+    assert np.abs(degrade(rgb, np.random.default_rng(0), dirty) - rounded).mean() > 0.01
+    # a share: about that many of 400 inputs come back only rounded
+    mixed = dataclasses.replace(clean, clean_prob=0.3)
+    rng = np.random.default_rng(2)
+    share = np.mean([np.abs(degrade(rgb[:8, :8], rng, mixed) - rounded[:8, :8]).max() < 1e-6 for _ in range(400)])
+    assert 0.24 < share < 0.36, share
+    with pytest.raises(InputError, match="--clean-prob must be in"):
+        _config(Path("."), clean_prob=1.5)
 
 
 def test_learning_rate_warms_up_then_anneals():
