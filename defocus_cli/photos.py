@@ -287,13 +287,18 @@ def deblur_network_pixels(pixels: np.ndarray, sigma: np.ndarray, origin: dict[st
         result, used["deconvolution"] = deblur_pixels(pixels, sigma, origin, config, margin, device, workers, lam)
         base = result.image
     s = np.maximum(np.nan_to_num(sigma) - used["margin_px"], 0.0).astype(np.float32)
-    restored = network.run(base, s)
-    if used["sharp_sigma_px"] > 0:
-        # the network changes every pixel a little (it was trained on noisy, compressed inputs):
-        # an in-focus render (input = sharp) lost up to 22 dB to that; kept, it loses nothing
-        w = np.clip(s / used["sharp_sigma_px"] - 1.0, 0.0, 1.0)[..., None]
-        restored = pixels + w * (restored - pixels)
-    return restored.astype(np.float32), used
+    return keep_sharp(pixels, network.run(base, s), s, used["sharp_sigma_px"]), used
+
+
+def keep_sharp(pixels: np.ndarray, restored: np.ndarray, sigma: np.ndarray, threshold: float) -> np.ndarray:
+    """The network's output where the map (the one it saw) exceeds twice ``threshold``, the
+    input where it is at most ``threshold``, blended linearly between (0: the output)."""
+    if threshold <= 0:
+        return restored.astype(np.float32)
+    # the network changes every pixel a little (it was trained on noisy, compressed inputs):
+    # an in-focus render (input = sharp) lost up to 22 dB to that; kept, it loses nothing
+    w = np.clip(sigma / threshold - 1.0, 0.0, 1.0)[..., None]
+    return (pixels + w * (restored - pixels)).astype(np.float32)
 
 
 def deblur_photo(photo: Path, config: "DeblurConfig", output: Path | None = None,
