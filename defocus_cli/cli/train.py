@@ -280,6 +280,7 @@ def sft(
     levels: int = typer.Option(2, "--levels", help="stride-2 down-samplings (after the 2x space-to-depth)"),
     noise_max: float = typer.Option(0.01, "--noise-max", help="largest white-noise std added to the inputs (0-1)"),
     jpeg_prob: float = typer.Option(0.5, "--jpeg-prob", help="fraction of inputs JPEG-compressed (quality 70-95)"),
+    map_over: float = typer.Option(0.0, "--map-over", help="px: raise the conditioning map of half the crops by a smooth random field of up to this (maps that over-state the blur)"),
     clean_prob: float = typer.Option(0.0, "--clean-prob", help="fraction of inputs left clean (8-bit rounding only: no noise, no JPEG)"),
     val_every: int = typer.Option(250, "--val-every", help="steps between validations (PSNR on the val split)"),
     val_max: int = typer.Option(16, "--val-max", help="val images per validation"),
@@ -317,7 +318,7 @@ def sft(
                 data=str(data.resolve()), maps=str(maps.resolve()) if maps else None,
                 maps_prob=maps_prob, net=net,
                 steps=steps or 2000, batch=batch, crop=crop, lr=lr, noise_max=noise_max,
-                jpeg_prob=jpeg_prob, clean_prob=clean_prob, seed=seed, log_every=log_every, val_every=val_every,
+                jpeg_prob=jpeg_prob, clean_prob=clean_prob, map_over=map_over, seed=seed, log_every=log_every, val_every=val_every,
                 val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None,
                 loss=loss)
             run_dir = output

@@ -91,6 +91,10 @@ class SFTTrainConfig:
     jpeg_prob: float = 0.5
     #: JPEG quality range for those inputs
     jpeg_quality: tuple[int, int] = (70, 95)
+    #: px; on half the crops the conditioning map is raised by a smooth random field of up to
+    #: this (a 3 x 3 grid of uniform draws, bilinear), as an estimator over-states small blur:
+    #: the network learns to check the map against the photo (0: maps as they are)
+    map_over: float = 0.0
     #: probability that a training input is left clean (8-bit rounding only: no noise, no JPEG),
     #: as a low-ISO photo or a render is; the network then learns to leave sharp clean edges alone
     clean_prob: float = 0.0
@@ -124,6 +128,8 @@ class SFTTrainConfig:
             raise InputError(f"--maps-prob must be in [0, 1], got {self.maps_prob}")
         if not 0 <= self.jpeg_prob <= 1 or self.noise_max < 0:
             raise InputError(f"jpeg_prob must be in [0, 1] and noise_max >= 0, got {self.jpeg_prob}, {self.noise_max}")
+        if self.map_over < 0:
+            raise InputError(f"--map-over must be >= 0, got {self.map_over}")
         if not 0 <= self.clean_prob <= 1:
             raise InputError(f"--clean-prob must be in [0, 1], got {self.clean_prob}")
 
@@ -208,6 +214,13 @@ def degrade(rgb: np.ndarray, rng: np.random.Generator, config: SFTTrainConfig) -
     return u8.astype(np.float32) / 255.0
 
 
+def over_statement(shape: tuple[int, ...], most: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth field in [0, most] px of ``shape`` (H, W): a 3 x 3 grid of uniform draws times one
+    uniform scale, resized bilinearly."""
+    grid = (rng.uniform() * most * rng.random((3, 3))).astype(np.float32)
+    return cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def _chw(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
@@ -216,7 +229,8 @@ def make_batch(pairs: PairSet, config: SFTTrainConfig, step: int) -> dict[str, t
     """The mini-batch of ``step``: a pure function of (config.seed, step).
 
     -> {"input": (B, 3, c, c), "target": (B, 3, c, c), "sigma": (B, 1, c, c) conditioning map
-    (unknown = 0; with estimated maps, the true one for a share 1 - ``maps_prob`` of the crops),
+    (unknown = 0; with estimated maps, the true one for a share 1 - ``maps_prob`` of the crops;
+    raised by ``over_statement`` on half the crops when ``map_over`` > 0),
     "valid": (B, 1, c, c) 1 where the true map is known}.
     """
     rng = np.random.default_rng([config.seed, step])
@@ -226,6 +240,8 @@ def make_batch(pairs: PairSet, config: SFTTrainConfig, step: int) -> dict[str, t
         # drawn only for a mix, so runs on one kind of map keep the batches they always had
         if pairs.maps is not None and config.maps_prob < 1 and rng.uniform() >= config.maps_prob:
             cond = sigma
+        if config.map_over > 0 and rng.uniform() < 0.5:  # drawn only when asked for, as above
+            cond = cond + over_statement(cond.shape, config.map_over, rng)
         blurred, sharp, sigma, cond = augment([blurred, sharp, sigma, cond], config.crop, rng,
                                               [0.0, 0.0, np.nan, np.nan])
         out["input"].append(_chw(degrade(blurred, rng, config)))

@@ -30,6 +30,7 @@ from defocus_cli.pipelines.train_sft import (
     SFTTrainConfig,
     crop_psnr_loss,
     degrade,
+    over_statement,
     export_sft_run,
     learning_rate,
     make_batch,
@@ -177,6 +178,26 @@ def test_estimated_maps_condition_while_true_labels_mask_the_loss(pairs, tmp_pat
         PairSet.open(pairs, "train", tmp_path / "nowhere")
     with pytest.raises(InputError, match="'solver' input is not implemented"):
         _config(pairs, net=dataclasses.replace(TINY, input="solver"))
+
+
+def test_map_over_raises_half_the_conditioning_maps_smoothly(pairs, tmp_path):
+    field = over_statement((40, 60), 1.5, np.random.default_rng(0))
+    assert field.shape == (40, 60) and field.dtype == np.float32
+    assert 0 <= field.min() and field.max() <= 1.5 and field.max() > field.min()
+    assert np.abs(np.diff(field, axis=1)).max() < 1.5 / 20  # smooth: no step between neighbours
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i in range(8):
+        np.save(maps / f"pair_{i:02d}.defocus.npy", np.full((48, 48), 1.25, np.float32))
+    config = _config(pairs, maps=str(maps), map_over=1.5, batch=32)
+    b = make_batch(PairSet.open(pairs, "train", maps), config, 0)
+    raised = [bool(torch.any(s > 1.25 + 1e-6)) for s in b["sigma"]]
+    assert 8 < sum(raised) < 24  # about half
+    assert torch.all(b["sigma"] >= 1.25 - 1e-6) and torch.all(b["sigma"] <= 1.25 + 1.5 + 1e-6)
+    plain = make_batch(PairSet.open(pairs, "train", maps), dataclasses.replace(config, map_over=0.0), 0)
+    assert torch.all(plain["sigma"] == 1.25)
+    with pytest.raises(InputError, match="--map-over must be >= 0"):
+        _config(pairs, map_over=-0.5)
 
 
 def test_masked_l1_ignores_unlabelled_pixels():
