@@ -250,8 +250,9 @@ DEBLUR_METHODS = ("solver", "network")
 #: px; `deblur --method network` on a map no estimator made (a synthetic render's true map, a
 #: hand-made one): pixels blurred by at most this keep the input, fading to the network's output
 #: at twice it. Estimated maps keep ``DeblurConfig.sharp_sigma`` (0.5 px): they read sharp regions
-#: about 0.5 px high. Chosen on the synthetic val split with the true maps (threshold 0.5 / 0.25 /
-#: 0.2: +2.08 / +2.42 / +2.45 dB, worst render +0.00 / +0.01 / -0.70; benchmarks/README.md).
+#: about 0.5 px high. Chosen on the synthetic val split with the true maps (shipped weights,
+#: threshold 0.5 / 0.25 / 0.2: +2.22 / +2.65 / +2.69 dB, worst render +0.00 / +0.01 / -0.58;
+#: `benchmarks/bench_network_sharp.py`, benchmarks/README.md).
 EXACT_MAP_SHARP_SIGMA = 0.25
 
 

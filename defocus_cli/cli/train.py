@@ -318,9 +318,9 @@ def sft(
                 data=str(data.resolve()), maps=str(maps.resolve()) if maps else None,
                 maps_prob=maps_prob, net=net,
                 steps=steps or 2000, batch=batch, crop=crop, lr=lr, noise_max=noise_max,
-                jpeg_prob=jpeg_prob, clean_prob=clean_prob, map_over=map_over, seed=seed, log_every=log_every, val_every=val_every,
-                val_max=val_max, ckpt_every=ckpt_every, init=str(init.resolve()) if init else None,
-                loss=loss)
+                jpeg_prob=jpeg_prob, clean_prob=clean_prob, map_over=map_over, seed=seed,
+                log_every=log_every, val_every=val_every, val_max=val_max, ckpt_every=ckpt_every,
+                init=str(init.resolve()) if init else None, loss=loss)
             run_dir = output
         def report(record: dict) -> None:
             if record.get("kind") == "val":

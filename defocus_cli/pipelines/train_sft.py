@@ -92,11 +92,12 @@ class SFTTrainConfig:
     #: JPEG quality range for those inputs
     jpeg_quality: tuple[int, int] = (70, 95)
     #: px; on half the crops the conditioning map is raised by a smooth random field of up to
-    #: this (a 3 x 3 grid of uniform draws, bilinear), as an estimator over-states small blur:
-    #: the network learns to check the map against the photo (0: maps as they are)
+    #: this (a 3 x 3 grid of uniform draws, bilinear), as an estimator over-states small blur, so
+    #: that the map alone cannot tell the network how much to sharpen (0: maps as they are;
+    #: 1.5 px measured in weights/README.md: better real pairs, worse synthetic rows)
     map_over: float = 0.0
     #: probability that a training input is left clean (8-bit rounding only: no noise, no JPEG),
-    #: as a low-ISO photo or a render is; the network then learns to leave sharp clean edges alone
+    #: as a low-ISO photo or a render is (0.3 measured in weights/README.md: no clear change)
     clean_prob: float = 0.0
     seed: int = 0
     log_every: int = 20
