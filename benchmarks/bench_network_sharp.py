@@ -48,17 +48,18 @@ def main() -> None:
     net = load_deblur_network(args.network, device="cpu", precision="fp32")
     est = load_estimator(device="cpu", precision="fp32")
     gains: dict[tuple[str, float], list[float]] = {(k, t): [] for k in ("true", "estimated") for t in thresholds}
+    estimated_origin = {"source": "estimated", "model": {"name": est.describe()["name"]}}
+    figures = EvalConfig(split=args.split)
     t0 = time.perf_counter()
     for sample in list_samples(args.synthetic, args.split):
         y, sharp = read_image(sample.image).pixels, read_image(sample.sharp).pixels
         maps = {"true": (np.nan_to_num(load_map(sample.sigma)), {"source": "true"}),
-                "estimated": (bench._estimated(est, y, "synthetic", sample.name),
-                              {"source": "estimated", "model": {"name": est.describe()["name"]}})}
+                "estimated": (bench._estimated(est, y, "synthetic", sample.name), estimated_origin)}
         for kind, (sigma, origin) in maps.items():
             out, used = deblur_network_pixels(y, sigma, origin, net, DeblurConfig(), sharp=0.0)  # nothing kept
             s = np.maximum(sigma - used["margin_px"], 0.0).astype(np.float32)
             for t in thresholds:
-                f = deblur_figures(y, keep_sharp(y, out, s, t), sharp, sample.sharp_valid, EvalConfig(split=args.split))
+                f = deblur_figures(y, keep_sharp(y, out, s, t), sharp, sample.sharp_valid, figures)
                 if math.isfinite(f["psnr_input"]):
                     gains[(kind, t)].append(f["psnr_gain"])
     print(f"{args.network} on {args.synthetic.name} {args.split}, {time.perf_counter() - t0:.0f} s")
