@@ -14,7 +14,8 @@ Three parts (each optional, ``--parts kodak,synthetic,real``):
 Every deblur goes through ``photos.deblur_pixels`` or ``photos.deblur_network_pixels`` (the
 paths `defocus deblur` runs): maps a network made get the estimated-map margin, true maps none
 (``--network-margin PX`` overrides the network's); the network keeps the input up to the CLI's
-sharp threshold (``--network-sharp PX`` overrides it). Prints a markdown table; ``--json`` keeps
+sharp threshold (``--network-sharp PX`` overrides it) and returns a photo its map calls in focus
+as it is (``--network-in-focus PX`` overrides the CLI's rule; 0 turns it off). Prints a markdown table; ``--json`` keeps
 every per-image figure. ``--methods`` runs some columns only (``--network`` adds its own);
 ``--kodak-images kodim05`` some Kodak photos only.
 
@@ -46,6 +47,7 @@ METHODS: dict = {"lam 300 (fixed)": 300.0, "noise-adaptive (default)": None}
 EVAL = EvalConfig(split="test")
 NETWORK_MARGIN: list = [None]  # --network-margin
 NETWORK_SHARP: list = [None]  # --network-sharp
+NETWORK_IN_FOCUS: list = [None]  # --network-in-focus
 MAPS_CACHE: list = [None]  # --maps-cache: a folder for the estimated maps, reused by later runs
 
 
@@ -65,7 +67,8 @@ def _deblur(y, sigma, origin, method):
     how = METHODS[method]
     if how is not None and not isinstance(how, float):
         return deblur_network_pixels(y, sigma, origin, how, DeblurConfig(), margin=NETWORK_MARGIN[0],
-                                     device=torch.device("cpu"), sharp=NETWORK_SHARP[0])[0]
+                                     device=torch.device("cpu"), sharp=NETWORK_SHARP[0],
+                                     in_focus=NETWORK_IN_FOCUS[0])[0]
     return deblur_pixels(y, sigma, origin, DeblurConfig(), device=torch.device("cpu"), lam=how)[0].image
 
 
@@ -158,6 +161,9 @@ def main() -> None:
                     "(default: the CLI's policy, the estimator's margin for estimated maps, 0 for true ones)")
     ap.add_argument("--network-sharp", type=float, help="px up to which the network keeps the input "
                     "(default: the CLI's policy, 0.5 for estimated maps, 0.25 for true ones)")
+    ap.add_argument("--network-in-focus", type=float, help="px: the network leaves a photo whose map "
+                    "is at most this at its 99th percentile as it is (default: the CLI's policy, 1.0 "
+                    "for estimated maps, off for true ones; 0: off)")
     ap.add_argument("--methods", help="comma list of the solver columns to run: lam300, adaptive "
                     "(default: both)")
     ap.add_argument("--split", default="test", help="split of the synthetic and real sets (val: to "
@@ -186,6 +192,7 @@ def main() -> None:
         METHODS[f"network {net.meta['name']}{ens}"] = net
         NETWORK_MARGIN[0] = args.network_margin
         NETWORK_SHARP[0] = args.network_sharp
+        NETWORK_IN_FOCUS[0] = args.network_in_focus
     MAPS_CACHE[0] = args.maps_cache
     parts = [p for p in args.parts.split(",") if p]
     rows: list[dict] = [r for path in args.merge for r in json.loads(path.read_text())]

@@ -32,6 +32,11 @@ def deblur(
         "--sharp", help="Pixels blurred by at most this sigma (px) keep the input. Default 0.5; "
                         "with --method network on a map no estimator made (a true or hand-made "
                         "map), 0.25.")] = None,
+    in_focus: Annotated[Optional[float], typer.Option(
+        "--in-focus", help="With --method network: a photo whose map (less the margin) is at most "
+                           "this sigma (px) at 99 % of its pixels is in focus and written as it is. "
+                           "Default 1.0 for estimated maps, also a --map whose JSON sidecar from "
+                           "`defocus estimate` names the model; 0 (off) for other maps.")] = None,
     margin: Annotated[Optional[float], typer.Option(
         "--margin", help="px subtracted from the map before deblurring (too large a sigma rings, "
                          "too small only sharpens less). Default for estimated maps, also a --map whose JSON "
@@ -86,6 +91,10 @@ def deblur(
             # "DeconvConfig: lam must be > 0" -> "--lam must be > 0"
             raise InputError("--" + str(e).split(": ", 1)[-1].replace("sharp_sigma", "sharp")
                              .replace("map_margin", "margin")) from None
+        if in_focus is not None and in_focus < 0:
+            raise InputError(f"--in-focus must be >= 0, got {in_focus:g}")
+        if in_focus is not None and method != "network":
+            raise InputError("--in-focus is the deblurring network's rule: use it with --method network")
         if threads < 0:
             raise InputError(f"--threads must be >= 0, got {threads}")
         if method not in ("solver", "network"):
@@ -119,10 +128,11 @@ def deblur(
 
     def process(photo: Path) -> dict:
         r = deblur_photo(photo, config, output, map_opt, estimator, working_size, margin, fft_device,
-                         lam=lam, method=method, network=network, sharp=sharp)
+                         lam=lam, method=method, network=network, sharp=sharp, in_focus=in_focus)
         if r["method"] == "network":
             return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
-                    "max σ px": f"{r['max_sigma']:.2f}", "margin": f"{r['margin']:g}", "method": "network"}
+                    "max σ px": f"{r['max_sigma']:.2f}", "margin": f"{r['margin']:g}",
+                    "method": "network (in focus: kept)" if r["in_focus"] else "network"}
         return {"size": f"{r['width']}x{r['height']}", "map": map_label(r["map"]),
                 "max σ px": f"{r['max_sigma']:.2f}", "deblurred": f"{100 * r['deblurred_fraction']:.0f}%",
                 # the solver's weight: given, or from the noise (in 8-bit steps; J: JPEG-capped)

@@ -122,6 +122,41 @@ def test_in_focus_pixels_keep_the_input_as_with_the_solver(tmp_path, network):
     assert deblur(0.4, "--sharp", "0.5") == 0
 
 
+def test_in_focus_rule_writes_the_photo_as_it_is_and_says_so(tmp_path, network):
+    pt, _ = network
+    photo = _photo(tmp_path)
+    original = read_image(photo).pixels
+    np.save(tmp_path / "flat.npy", np.full((48, 64), 0.8, np.float32))
+
+    def deblur(*extra):
+        result = runner.invoke(app, ["deblur", str(photo), "--map", str(tmp_path / "flat.npy"), "--method",
+                                     "network", "--model-deblur", str(pt), "-o", str(tmp_path / "out"),
+                                     "--device", "cpu", "--overwrite", *extra])
+        assert result.exit_code == 0, result.output
+        used = json.loads((tmp_path / "out" / "p.deblurred.json").read_text())["network"]
+        assert used["map_p99_px"] == pytest.approx(0.8)
+        written = read_image(tmp_path / "out" / "p.deblurred.png").pixels
+        return np.abs(written - original).max(), used, result.output
+
+    # a hand-made map says what it says: the rule is off, 0.8 px is deblurred
+    changed, used, _ = deblur()
+    assert changed > 0 and used["in_focus"] is False and used["in_focus_sigma_px"] == 0
+    changed, used, out = deblur("--in-focus", "1")
+    assert changed == 0 and used["in_focus"] is True and used["in_focus_sigma_px"] == 1.0
+    assert "in focus" in out
+    changed, used, _ = deblur("--in-focus", "0.7")
+    assert changed > 0 and used["in_focus"] is False
+
+
+def test_in_focus_needs_the_network_and_a_sigma(tmp_path):
+    photo = _photo(tmp_path)
+    base = ["deblur", str(photo), "--map", str(tmp_path / "p.defocus.npy"), "--device", "cpu"]
+    result = runner.invoke(app, base + ["--in-focus", "1"])
+    assert result.exit_code == 2 and "--in-focus is the deblurring network's rule" in result.output
+    result = runner.invoke(app, base + ["--method", "network", "--in-focus", "-1"])
+    assert result.exit_code == 2 and "--in-focus must be >= 0, got -1" in result.output
+
+
 def test_solver_stays_the_default_and_says_so(tmp_path):
     photo = _photo(tmp_path, ".jpg", 8)
     result = runner.invoke(app, ["deblur", str(photo), "--map", str(tmp_path / "p.defocus.npy"),
