@@ -15,9 +15,9 @@ Every deblur goes through ``photos.deblur_pixels`` or ``photos.deblur_network_pi
 paths `defocus deblur` runs): maps a network made get the estimated-map margin, true maps none
 (``--network-margin PX`` overrides the network's); the network keeps the input up to the CLI's
 sharp threshold (``--network-sharp PX`` overrides it) and returns a photo its map calls in focus
-as it is (``--network-in-focus PX`` overrides the CLI's rule; 0 turns it off). Prints a markdown table; ``--json`` keeps
-every per-image figure. ``--methods`` runs some columns only (``--network`` adds its own);
-``--kodak-images kodim05`` some Kodak photos only.
+as it is (``--network-in-focus PX`` overrides the CLI's rule; 0 turns it off). Prints a markdown
+table; ``--json`` keeps every per-image figure. ``--methods`` runs some columns only
+(``--network`` adds its own); ``--kodak-images kodim05`` some Kodak photos only.
 
     python benchmarks/bench_deblur_quality.py [--parts ...] [--network sft-deblur] [--json FILE]
 """

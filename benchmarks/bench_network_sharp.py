@@ -3,12 +3,13 @@ dataset's renders for several thresholds, with the true maps and with the estima
 
 The network runs once per render and map, through ``photos.deblur_network_pixels`` (the map
 less its margin, as `deblur --method network` runs it) with nothing kept; ``photos.keep_sharp``
-then keeps the input up to each threshold. Renders whose input equals the sharp image are left out, as in
-``bench_deblur_quality.py``; choose on ``--split val``. ``--maps estimated`` (or ``true``) runs one
-kind of map only; ``--in-focus 0,1`` measures each threshold without and with the rule that
-leaves a photo whose map is at most 1 px at its 99th percentile as it is (`deblur --in-focus`;
-default: the CLI's rule for each kind of map); ``--synthetic datasets/syndof-large --split val`` measures on the 754 val renders
-of the large set (its val scenes are the small set's val scenes and more, none of the test ones).
+then keeps the input up to each threshold. Renders whose input equals the sharp image are left
+out, as in ``bench_deblur_quality.py``; choose on ``--split val``. ``--maps estimated`` (or
+``true``) runs one kind of map only; ``--in-focus 0,1`` measures each threshold without and with
+the rule that leaves a photo whose map is at most 1 px at its 99th percentile as it is (`deblur
+--in-focus`; default: the CLI's rule for each kind of map); ``--synthetic datasets/syndof-large
+--split val`` measures on the 754 val renders of the large set (its val scenes are the small
+set's val scenes and more, none of the test ones).
 
     python benchmarks/bench_network_sharp.py --split val --network sft-deblur --maps-cache DIR \\
         --thresholds 0.2,0.25,0.3,0.4,0.5
