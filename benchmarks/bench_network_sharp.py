@@ -59,7 +59,7 @@ def main() -> None:
     net = load_deblur_network(args.network, device="cpu", precision="fp32")
     est = load_estimator(device="cpu", precision="fp32")
     in_focus = {k: ([float(v) for v in args.in_focus.split(",")] if args.in_focus is not None else
-                    [network_in_focus_sigma({"source": "estimated"} if k == "estimated" else {"source": k})])
+                    [network_in_focus_sigma({"source": k})])
                 for k in kinds}
     gains: dict[tuple[str, float, float], list[float]] = {(k, t, T): [] for k in kinds for t in thresholds
                                                           for T in in_focus[k]}
@@ -68,17 +68,19 @@ def main() -> None:
     t0 = time.perf_counter()
     for sample in list_samples(args.synthetic, args.split):
         y, sharp = read_image(sample.image).pixels, read_image(sample.sharp).pixels
-        maps = {"true": lambda: (np.nan_to_num(load_map(sample.sigma)), {"source": "true"}),
-                "estimated": lambda: (bench._estimated(est, y, "synthetic", sample.name), estimated_origin)}
         for kind in kinds:
-            sigma, origin = maps[kind]()
+            if kind == "true":
+                sigma, origin = np.nan_to_num(load_map(sample.sigma)), {"source": "true"}
+            else:
+                sigma, origin = bench._estimated(est, y, "synthetic", sample.name), estimated_origin
             # nothing kept, no photo called in focus: each rule is applied below
             out, used = deblur_network_pixels(y, sigma, origin, net, DeblurConfig(), sharp=0.0, in_focus=0.0)
             s = np.maximum(sigma - used["margin_px"], 0.0).astype(np.float32)
+            kept_whole = {T: in_focus_check(s, T)[1] for T in in_focus[kind]}  # per render, not per threshold
             for t in thresholds:
                 kept = keep_sharp(y, out, s, t)
                 for T in in_focus[kind]:
-                    f = deblur_figures(y, y if in_focus_check(s, T)[1] else kept, sharp, sample.sharp_valid, figures)
+                    f = deblur_figures(y, y if kept_whole[T] else kept, sharp, sample.sharp_valid, figures)
                     if math.isfinite(f["psnr_input"]):
                         gains[(kind, t, T)].append(f["psnr_gain"])
     print(f"{args.network} on {args.synthetic.name} {args.split}, {time.perf_counter() - t0:.0f} s")
